@@ -38,9 +38,9 @@ class HttpSettings:
 @dataclass(frozen=True)
 class SmsSettings:
     enabled: bool = False
-    account_sid: str = ""
+    account_sid: str = "AC..."
     auth_token_env: str = "TWILIO_AUTH_TOKEN"
-    from_number: str = ""
+    from_number: str = "+4759440000"
     messaging_service_sid: str = ""
     api_base_url: str = "https://api.twilio.com"
     max_per_second: float = 10
@@ -86,7 +86,7 @@ class DeliverySettings:
 
 @dataclass(frozen=True)
 class DigestSettings:
-    enabled: bool = False
+    enabled: bool = True
     absence_time: str = "08:15"
     days: str = "mon-fri"
     unanswered_after_hours: int = 24

@@ -1,0 +1,48 @@
+# The two set-up commands (README): `make demo` and `make test`. Each makes its own venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+CONFIG ?= config.example.toml
+WORKERS ?= auto
+
+.PHONY: venv demo run test test-slow lint typecheck bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Until `skolebro demo` exists: the bridge on the embedded database with the example roster.
+demo: run
+run: venv
+	$(BIN)/skolebro --config $(CONFIG) init
+	$(BIN)/skolebro --config $(CONFIG) import-roster tests/data/example.csv
+	$(BIN)/skolebro --config $(CONFIG) run
+
+test: venv
+	bash .ci/services
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy bridge
+	$(BIN)/pytest -n $(WORKERS) -q
+
+test-slow: venv
+	bash .ci/services
+	$(BIN)/pytest -n $(WORKERS) -q -m slow || [ $$? -eq 5 ]  # 5: no slow tests collected
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy bridge
+
+bench: venv
+	$(BIN)/python bench/bench_understand.py
+	$(BIN)/python bench/bench_roster.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
