@@ -46,3 +46,9 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Re-extract the texts people read and merge them into the nb/nn/en catalogs.
+messages: venv
+	$(BIN)/pybabel extract --no-default-keywords -k _ -k translate:2 --omit-header \
+	  --no-location -w 100 -o bridge/i18n/skolebro.pot bridge
+	$(BIN)/pybabel update -i bridge/i18n/skolebro.pot -d bridge/i18n -D skolebro -w 100

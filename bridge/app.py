@@ -1,41 +1,133 @@
-"""Wiring for `skolebro run`: store, HTTP server, and an orderly stop on SIGINT/SIGTERM."""
+"""Wiring for `skolebro run`: store, HTTP server, channel adapters and workers."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 
+from bridge import inbox, outbox
 from bridge.config import Settings
+from bridge.domain import Accepted, InboundEvent, StatusUpdate
 from bridge.http import build_app
 from bridge.store.db import create_engine
 
 log = logging.getLogger("skolebro")
 
 STOP_SECONDS = 15
+SMS_RECOVERY_EVERY = timedelta(minutes=15)
+SMS_RECOVERY_WINDOW = timedelta(hours=48)
+
+
+class Bridge:
+    """One running bridge: the HTTP server, the enabled channels and the workers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = create_engine(settings.database_url)
+        self.inbox = inbox.InboxWorker(self.engine, settings)
+        self.senders: dict[str, Any] = {}
+        self.app = build_app(self.engine)
+        self.stopping = asyncio.Event()
+        self.caught_up = asyncio.Event()  # set after each look for missed inbound
+        self.recover_now = asyncio.Event()  # look for missed inbound before the next round
+        self.tasks: list[asyncio.Task[None]] = []
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+        if settings.sms.enabled:
+            from adapters import sms_twilio
+
+            self.app.add_routes(sms_twilio.routes(settings, self.accept, self.record_status))
+            self.senders["sms"] = sms_twilio.TwilioSender(settings)
+        for channel in ("telegram", "email"):
+            if getattr(settings, channel).enabled:
+                log.warning("channel %s is enabled but not available yet; ignoring it", channel)
+        self.outbox = outbox.OutboxWorker(self.engine, settings, self.senders)
+
+    async def accept(self, event: InboundEvent) -> Accepted:
+        accepted = await inbox.accept(self.engine, event)
+        if accepted.new:
+            self.inbox.wake.set()
+        return accepted
+
+    async def record_status(self, update: StatusUpdate) -> None:
+        await outbox.record_status(self.engine, update)
+
+    async def start(self) -> None:
+        self.runner = web.AppRunner(self.app, shutdown_timeout=5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.settings.http.host, self.settings.http.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
+        self.tasks = [
+            asyncio.create_task(self.inbox.run(self.stopping)),
+            asyncio.create_task(self.outbox.run(self.stopping)),
+        ]
+        if self.settings.sms.enabled:
+            self.tasks.append(asyncio.create_task(self._recover_sms()))
+        else:
+            self.caught_up.set()
+        log.info("listening on http://%s:%d/", self.settings.http.host, self.port)
+
+    async def _recover_sms(self) -> None:
+        """Take in the messages Twilio received while we could not (SPEC section 8)."""
+        from adapters import sms_twilio
+
+        while not self.stopping.is_set():
+            since = datetime.now(UTC) - SMS_RECOVERY_WINDOW
+            try:
+                events = await sms_twilio.fetch_recent(self.settings, since)
+                taken = 0
+                for event in events:
+                    taken += (await self.accept(event)).new
+                if taken:
+                    log.info("took in %d SMS missed while unreachable", taken)
+            except Exception:
+                log.warning("could not fetch recent SMS from Twilio", exc_info=True)
+            self.caught_up.set()
+            self.recover_now.clear()
+            waiters = [
+                asyncio.ensure_future(self.stopping.wait()),
+                asyncio.ensure_future(self.recover_now.wait()),
+            ]
+            await asyncio.wait(
+                waiters,
+                timeout=SMS_RECOVERY_EVERY.total_seconds(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def stop(self) -> None:
+        """Stop accepting, let the workers finish what is in flight, close everything."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+        self.stopping.set()
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=STOP_SECONDS - 6)
+            for task in pending:
+                task.cancel()
+        for sender in self.senders.values():
+            await sender.close()
+        await self.engine.dispose()
 
 
 async def run_bridge(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM, then stop accepting and finish within 15 s."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for channel in ("sms", "telegram", "email"):
-        if getattr(settings, channel).enabled:
-            log.warning("channel %s is enabled but not available yet; ignoring it", channel)
-    engine = create_engine(settings.database_url)
-    runner = web.AppRunner(build_app(engine), shutdown_timeout=STOP_SECONDS - 5)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http.host, settings.http.port)
-    await site.start()
-    log.info("listening on http://%s:%d/", settings.http.host, settings.http.port)
-
+    bridge = Bridge(settings)
+    await bridge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
-    await runner.cleanup()
-    await engine.dispose()
+    await bridge.stop()
     return 0

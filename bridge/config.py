@@ -236,7 +236,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if name not in known:
             raise ConfigError(f"{key}: unknown key")
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             values[name] = _build(tp, value, key)
         elif typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
             if not isinstance(value, list):

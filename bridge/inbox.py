@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import tzinfo
+import asyncio
+import hashlib
+import logging
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bridge import conversation, metrics, outbox
+from bridge.config import Settings
+from bridge.conversation import Context
+from bridge.directory import find_sender
+from bridge.domain import Accepted, Channel, InboundEvent, StoreUnavailable
+from bridge.i18n import translate
 from bridge.store import tables as t
+
+log = logging.getLogger("skolebro.inbox")
 
 
 async def list_dead(engine: AsyncEngine, tz: tzinfo) -> list[dict[str, Any]]:
@@ -31,3 +43,188 @@ async def retry(engine: AsyncEngine, ids: list[int], *, all_dead: bool = False) 
     async with engine.begin() as conn:
         result = await conn.execute(query.values(status="pending", attempts=0))
     return int(result.rowcount or 0)
+
+
+# --- accepting: durable before acknowledged ------------------------------------------
+
+
+async def accept(engine: AsyncEngine, event: InboundEvent) -> Accepted:
+    """Commit the raw event once per (channel, external id); StoreUnavailable if we can't."""
+    e = t.inbound_events
+    key = (e.c.channel == event.channel.value, e.c.external_id == event.external_id)
+    try:
+        async with engine.begin() as conn:
+            found = await conn.scalar(select(e.c.id).where(*key))
+            if found is not None:
+                return Accepted(int(found), new=False)
+            event_id = await conn.scalar(
+                insert(e)
+                .values(
+                    channel=event.channel.value,
+                    external_id=event.external_id,
+                    sender=event.sender,
+                    body=event.text,
+                    payload={**event.payload, "media_count": event.media_count},
+                    received_at=event.received_at,
+                    status="pending",
+                    attempts=0,
+                )
+                .returning(e.c.id)
+            )
+    except IntegrityError:  # the same event raced in through another request
+        async with engine.connect() as conn:
+            found = await conn.scalar(select(e.c.id).where(*key))
+        if found is None:
+            raise StoreUnavailable("inbound event neither stored nor found") from None
+        return Accepted(int(found), new=False)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise StoreUnavailable(type(exc).__name__) from exc
+    metrics.inbound_total.labels(channel=event.channel.value).inc()
+    return Accepted(int(event_id), new=True)
+
+
+# --- processing ------------------------------------------------------------------------
+
+MAX_PROCESSING_ATTEMPTS = 5
+UNKNOWN_REPLY_EVERY = timedelta(hours=24)
+
+
+def address_hash(channel: str, address: str) -> str:
+    return hashlib.sha256(f"skolebro:{channel}:{address}".encode()).hexdigest()
+
+
+class InboxWorker:
+    """Turns pending inbound events into their effects, one transaction per event."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.wake = asyncio.Event()
+
+    async def run_once(self, limit: int = 100) -> int:
+        e = t.inbound_events
+        async with self.engine.connect() as conn:
+            ids = list(
+                (
+                    await conn.execute(
+                        select(e.c.id).where(e.c.status == "pending").order_by(e.c.id).limit(limit)
+                    )
+                ).scalars()
+            )
+        for event_id in ids:
+            await self.process(event_id)
+        return len(ids)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except Exception:
+                log.exception("inbox round failed")
+                handled = 0
+            if handled:
+                continue
+            self.wake.clear()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+            await asyncio.wait(waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+    async def process(self, event_id: int) -> None:
+        """Process one event; a failure is counted, and the event dies after a few."""
+        try:
+            await self._process(event_id)
+        except Exception as exc:
+            log.exception("inbound event %s failed", event_id)
+            e = t.inbound_events
+            async with self.engine.begin() as conn:
+                attempts = (
+                    await conn.scalar(select(e.c.attempts).where(e.c.id == event_id)) or 0
+                ) + 1
+                await conn.execute(
+                    update(e)
+                    .where(e.c.id == event_id, e.c.status == "pending")
+                    .values(
+                        attempts=attempts,
+                        last_error=f"{type(exc).__name__}"[:200],
+                        status="dead" if attempts >= MAX_PROCESSING_ATTEMPTS else "pending",
+                    )
+                )
+
+    async def _process(self, event_id: int) -> None:
+        e = t.inbound_events
+        async with self.engine.begin() as conn:
+            query = select(e).where(e.c.id == event_id, e.c.status == "pending")
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            row = (await conn.execute(query)).mappings().first()
+            if row is None:
+                return
+            channel = Channel(row["channel"])
+            payload = dict(row["payload"] or {})
+            sender = await find_sender(
+                conn, channel, row["sender"], self.settings.bridge.default_language
+            )
+            values: dict[str, Any] = {"status": "processed", "processed_at": datetime.now(UTC)}
+            if sender is None:
+                await self._unknown(conn, channel, row["sender"], row["received_at"])
+                payload.pop("From", None)
+                values.update(sender=None, body=None, payload=payload)
+            else:
+                ctx = Context(
+                    conn=conn,
+                    settings=self.settings,
+                    channel=channel.value,
+                    address=row["sender"],
+                    sender=sender,
+                    event_id=event_id,
+                    received_at=row["received_at"],
+                )
+                outcome = await conversation.handle(
+                    ctx, row["body"] or "", int(payload.get("media_count", 0) or 0)
+                )
+                payload["sensitive"] = outcome.sensitive
+                values.update(body=outcome.body, payload=payload)
+            await conn.execute(update(e).where(e.c.id == event_id).values(**values))
+        lag = (datetime.now(UTC) - row["received_at"]).total_seconds()
+        metrics.processing_seconds.labels(channel=channel.value).observe(max(lag, 0))
+        log.info("inbound event %s processed", event_id)
+
+    async def _unknown(
+        self, conn: AsyncConnection, channel: Channel, address: str, received_at: datetime
+    ) -> None:
+        """A stranger: at most one explanatory reply a day, and nothing else (SMS pumping)."""
+        u = t.unknown_senders
+        digest = address_hash(channel.value, address)
+        now = datetime.now(UTC)
+        where = (u.c.channel == channel.value, u.c.address_hash == digest)
+        row = (await conn.execute(select(u.c.last_reply_at).where(*where))).first()
+        reply = (
+            row is None
+            or row.last_reply_at is None
+            or (now - row.last_reply_at >= UNKNOWN_REPLY_EVERY)
+        )
+        if row is None:
+            await conn.execute(
+                insert(u),
+                {"channel": channel.value, "address_hash": digest,
+                 "last_reply_at": now if reply else None, "last_seen_at": now},
+            )  # fmt: skip
+        else:
+            values: dict[str, Any] = {"last_seen_at": now}
+            if reply:
+                values["last_reply_at"] = now
+            await conn.execute(update(u).where(*where).values(**values))
+        if reply and channel in (Channel.SMS, Channel.TELEGRAM):
+            await outbox.enqueue(
+                conn,
+                kind="reply",
+                channel=channel.value,
+                address=address,
+                body=translate(
+                    self.settings.bridge.default_language,
+                    "This number is not registered with the school. Please contact the school "
+                    "to update your contact details.",
+                ),
+                priority="urgent",
+            )

@@ -1,0 +1,261 @@
+"""SMS end to end: a parent texts the school through the Twilio fake and gets answers.
+
+A real bridge (HTTP server, inbox and outbox workers) on a real store, the real
+twilio SDK talking to the loopback fake, and signed webhooks over a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select
+
+from adapters.fakes.twilio import FakeTwilio
+from bridge.app import Bridge
+from bridge.config import parse_config
+from bridge.roster import import_roster
+from bridge.store import tables as t
+from tests.conftest import EXAMPLE_ROSTER
+
+ACCOUNT = "AC" + "0123456789abcdef" * 2
+TOKEN = "flow-test-token"
+SCHOOL_NUMBER = "+4759440000"
+KJERSTI = "+4791234567"  # nb; Ola (school + SFO) and Kari (school)
+AMINA = "+4793456789"  # en; Aisha (school + SFO)
+STRANGER = "+4799999999"
+OSLO = ZoneInfo("Europe/Oslo")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class World:
+    bridge: Bridge
+    twilio: FakeTwilio
+
+    async def text(self, number: str, body: str, **kw: Any) -> int:
+        status, _ = await self.twilio.send_inbound(number, SCHOOL_NUMBER, body, **kw)
+        return status
+
+    def replies_to(self, number: str) -> list[str]:
+        return [m.body for m in self.twilio.sent if m.to == number]
+
+    async def rows(self, table: Any, *where: Any) -> list[dict[str, Any]]:
+        async with self.bridge.engine.connect() as conn:
+            result = await conn.execute(select(table).where(*where))
+            return [dict(r) for r in result.mappings()]
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll until `check` returns something truthy (an async or plain callable)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting; last value {value!r}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def world(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[World]:
+    monkeypatch.setenv("FLOW_TWILIO_TOKEN", TOKEN)
+    port = _free_port()
+    public = f"http://127.0.0.1:{port}"
+    twilio = FakeTwilio(ACCOUNT, TOKEN, webhook_url=f"{public}/webhooks/twilio/sms#rc=3&rp=all")
+    await twilio.start()
+    settings = parse_config(
+        f"""
+[bridge]
+public_url = "{public}"
+database_url = "{database_url}"
+[http]
+port = {port}
+[sms]
+enabled = true
+account_sid = "{ACCOUNT}"
+auth_token_env = "FLOW_TWILIO_TOKEN"
+from_number = "{SCHOOL_NUMBER}"
+api_base_url = "{twilio.base_url}"
+max_per_second = 100
+""",
+        base_dir=tmp_path,
+    )
+    bridge = Bridge(settings)
+    result = await import_roster(bridge.engine, EXAMPLE_ROSTER)
+    assert not result.rejected
+    await bridge.start()
+    await asyncio.wait_for(bridge.caught_up.wait(), 10)
+    try:
+        yield World(bridge, twilio)
+    finally:
+        await bridge.stop()
+        await twilio.stop()
+
+
+def _today() -> str:
+    return datetime.now(OSLO).date().isoformat()
+
+
+def _dm(iso: str) -> str:
+    y, m, d = (int(x) for x in iso.split("-"))
+    return f"{d}.{m}."
+
+
+async def test_absence_is_recorded_confirmed_and_undone(world: World) -> None:
+    assert await world.text(KJERSTI, "Ola er syk i dag", sid="SM" + "a" * 32) == 200
+    reply = await eventually(lambda: world.replies_to(KJERSTI))
+    absences = await world.rows(t.absences)
+    assert {(a["student_id"], a["unit_id"]) for a in absences} == {
+        ("s-ola", "u-fjell"),
+        ("s-ola", "u-fjell-sfo"),
+    }
+    assert all(a["from_date"].isoformat() == _today() for a in absences)
+    assert all(a["reported_by"] == "gd-kjersti" and a["channel"] == "sms" for a in absences)
+    confirmation = reply[0]
+    assert "Ola" in confirmation and "SFO" in confirmation and "ANGRE" in confirmation
+    assert _dm(_today()) in confirmation and "sykdom" in confirmation
+
+    # Twilio retrying the same webhook changes nothing.
+    assert await world.text(KJERSTI, "Ola er syk i dag", sid="SM" + "a" * 32) == 200
+    await asyncio.sleep(0.3)
+    assert len(await world.rows(t.absences)) == 2
+    assert len(world.replies_to(KJERSTI)) == 1
+
+    assert await world.text(KJERSTI, "angre!") == 200
+    await eventually(lambda: len(world.replies_to(KJERSTI)) == 2)
+    assert {a["status"] for a in await world.rows(t.absences)} == {"cancelled"}
+    assert "angret" in world.replies_to(KJERSTI)[1]
+
+
+async def test_missing_child_is_asked_for_with_numbered_choices(world: World) -> None:
+    await world.text(KJERSTI, "Er hjemme i dag, syk")
+    question = (await eventually(lambda: world.replies_to(KJERSTI)))[0]
+    assert "1: Kari" in question and "2: Ola" in question
+    assert await world.rows(t.absences) == []
+    await world.text(KJERSTI, "1")
+    await eventually(lambda: len(world.replies_to(KJERSTI)) == 2)
+    absences = await world.rows(t.absences)
+    assert [(a["student_id"], a["unit_id"]) for a in absences] == [("s-kari", "u-fjell")]
+    assert "Kari" in world.replies_to(KJERSTI)[1]
+
+
+async def test_english_guardian_gets_english_and_undo(world: World) -> None:
+    await world.text(AMINA, "Aisha has a dentist appointment tomorrow at 10, she leaves school")
+    reply = (await eventually(lambda: world.replies_to(AMINA)))[0]
+    assert "Aisha" in reply and "UNDO" in reply and "appointment" in reply
+    absences = await world.rows(t.absences)
+    assert len(absences) == 1 and absences[0]["reason"] == "appointment"
+
+
+async def test_message_goes_to_the_thread_and_is_acknowledged(world: World) -> None:
+    await world.text(KJERSTI, "Hei! Kan Kari ta med kake til klassen på fredag?")
+    reply = (await eventually(lambda: world.replies_to(KJERSTI)))[0]
+    assert "Fjellsiden skole" in reply
+    threads = await world.rows(t.threads)
+    assert [(th["student_id"], th["unit_id"]) for th in threads] == [("s-kari", "u-fjell")]
+    messages = await world.rows(t.messages)
+    assert messages[0]["body"] == "Hei! Kan Kari ta med kake til klassen på fredag?"
+    assert messages[0]["direction"] == "in" and messages[0]["author"] == "gd-kjersti"
+
+
+async def test_sensitive_details_are_redacted_everywhere(world: World) -> None:
+    await world.text(KJERSTI, "Kari har feber og omgangssyke, blir hjemme i dag")
+    replies = await eventually(
+        lambda: len(world.replies_to(KJERSTI)) >= 2 and world.replies_to(KJERSTI)
+    )
+    assert any("sensitive opplysninger" in r for r in replies)
+    absences = await world.rows(t.absences)
+    assert len(absences) == 1 and absences[0]["reason"] == "illness"
+    assert "feber" not in (absences[0]["note"] or "")
+    events = await world.rows(t.inbound_events)
+    assert events[0]["status"] == "processed"
+    assert "feber" not in events[0]["body"] and "omgangssyke" not in events[0]["body"]
+    assert "[fjernet]" in events[0]["body"]
+
+
+async def test_unknown_number_gets_one_reply_a_day_and_nothing_is_kept(world: World) -> None:
+    await world.text(STRANGER, "Hei, hvem er dette?")
+    await eventually(lambda: world.replies_to(STRANGER))
+    await world.text(STRANGER, "Hallo??")
+    await eventually(
+        lambda: world.rows(t.inbound_events, t.inbound_events.c.status == "processed"),
+    )
+    await asyncio.sleep(0.5)
+    assert len(world.replies_to(STRANGER)) == 1
+    events = await world.rows(t.inbound_events)
+    assert all(e["body"] is None and e["sender"] is None for e in events)
+    assert await world.rows(t.threads) == [] and await world.rows(t.absences) == []
+
+
+async def test_bad_signature_is_refused_and_nothing_is_stored(world: World) -> None:
+    assert await world.text(KJERSTI, "Ola er syk", bad_signature=True) == 403
+    assert await world.text(KJERSTI, "Ola er syk", unsigned=True) == 403
+    assert await world.rows(t.inbound_events) == []
+
+
+async def test_messages_missed_during_an_outage_are_fetched_from_twilio(world: World) -> None:
+    # Twilio logged the message but the webhook never got through (here: refused).
+    assert await world.text(KJERSTI, "Ola er syk i dag", bad_signature=True) == 403
+    assert await world.rows(t.inbound_events) == []
+    world.bridge.caught_up.clear()
+    world.bridge.recover_now.set()
+    await asyncio.wait_for(world.bridge.caught_up.wait(), 10)
+    await eventually(lambda: world.replies_to(KJERSTI))
+    assert len(await world.rows(t.absences)) == 2
+
+
+async def test_stop_is_acknowledged_and_remembered(world: World) -> None:
+    await world.text(KJERSTI, "STOPP")
+    reply = (await eventually(lambda: world.replies_to(KJERSTI)))[0]
+    assert "START" in reply
+    points = await world.rows(t.contact_points, t.contact_points.c.address == KJERSTI)
+    assert points[0]["opted_out_at"] is not None
+    await world.text(KJERSTI, "start")
+    await eventually(lambda: len(world.replies_to(KJERSTI)) == 2)
+    points = await world.rows(t.contact_points, t.contact_points.c.address == KJERSTI)
+    assert points[0]["opted_out_at"] is None
+
+
+async def test_delivery_status_follows_twilio_callbacks(world: World) -> None:
+    await world.text(KJERSTI, "Ola er syk i dag")
+    await eventually(lambda: world.replies_to(KJERSTI))
+    delivered = await eventually(
+        lambda: world.rows(t.deliveries, t.deliveries.c.status == "delivered"), timeout=10
+    )
+    assert delivered[0]["provider_id"].startswith("SM")
+    assert delivered[0]["kind"] == "reply" and delivered[0]["attempts"] == 1
+
+
+async def test_picture_gets_a_text_only_notice_once_a_day(world: World) -> None:
+    await world.text(KJERSTI, "", media=1)
+    await eventually(lambda: world.replies_to(KJERSTI))
+    await world.text(KJERSTI, "", media=2)
+    await asyncio.sleep(0.5)
+    replies = world.replies_to(KJERSTI)
+    assert len(replies) == 1 and "tekst" in replies[0]
+
+
+async def test_received_time_is_stored_in_utc(world: World) -> None:
+    before = datetime.now(UTC)
+    await world.text(KJERSTI, "Ola er syk i dag")
+    await eventually(lambda: world.replies_to(KJERSTI))
+    event = (await world.rows(t.inbound_events))[0]
+    assert before <= event["received_at"] <= datetime.now(UTC)
