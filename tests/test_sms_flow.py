@@ -58,9 +58,9 @@ class World:
             return [dict(r) for r in result.mappings()]
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
     """Poll until `check` returns something truthy (an async or plain callable)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         value = check()
         if asyncio.iscoroutine(value):
@@ -115,7 +115,7 @@ def _today() -> str:
 
 
 def _dm(iso: str) -> str:
-    y, m, d = (int(x) for x in iso.split("-"))
+    _, m, d = (int(x) for x in iso.split("-"))
     return f"{d}.{m}."
 
 
@@ -238,7 +238,7 @@ async def test_delivery_status_follows_twilio_callbacks(world: World) -> None:
     await world.text(KJERSTI, "Ola er syk i dag")
     await eventually(lambda: world.replies_to(KJERSTI))
     delivered = await eventually(
-        lambda: world.rows(t.deliveries, t.deliveries.c.status == "delivered"), timeout=10
+        lambda: world.rows(t.deliveries, t.deliveries.c.status == "delivered"), within=10
     )
     assert delivered[0]["provider_id"].startswith("SM")
     assert delivered[0]["kind"] == "reply" and delivered[0]["attempts"] == 1
