@@ -28,6 +28,7 @@ UNDO_WORDS = {"angre", "undo"}
 _WORD_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
 _SFO_WORD = re.compile(r"(?<!\w)(sfo|aks|aktivitetsskolen)(?!\w)", re.IGNORECASE)
 _NUMBERS = re.compile(r"\d+")
+ALL_WORDS = {"begge", "both", "alle", "all", "barna", "ungane", "all of them"}
 
 
 @dataclass
@@ -203,11 +204,24 @@ async def handle(ctx: Context, text: str, media_count: int) -> Outcome:
 
     question = state.get("question")
     if question and _fresh(question.get("asked_at"), QUESTION_TTL, now):
-        answered = _answer_text(ctx, question, text)
-        if answered is not None:
-            state.pop("question", None)
-            original_event = question.get("event_id", ctx.event_id)
-            return await _interpret(ctx, state, answered, original_event=original_event)
+        if question.get("kind") == "message_child":
+            chosen = _chosen_children(ctx, question, text)
+            if chosen:
+                state.pop("question", None)
+                await _deliver_message(ctx, chosen, question)
+                await _save_state(ctx, state)
+                return Outcome(body=text)
+        else:
+            answered = _answer_text(ctx, question, text)
+            if answered is not None:
+                state.pop("question", None)
+                return await _interpret(
+                    ctx,
+                    state,
+                    answered,
+                    original_event=question.get("event_id", ctx.event_id),
+                    reason_hint=question.get("reason"),
+                )
     state.pop("question", None)
     if not text.strip() and media_count:
         await _save_state(ctx, state)
@@ -216,7 +230,12 @@ async def handle(ctx: Context, text: str, media_count: int) -> Outcome:
 
 
 async def _interpret(
-    ctx: Context, state: dict[str, Any], text: str, *, original_event: int
+    ctx: Context,
+    state: dict[str, Any],
+    text: str,
+    *,
+    original_event: int,
+    reason_hint: str | None = None,
 ) -> Outcome:
     children = ctx.sender.children
     result = await _understand(ctx, text, children)
@@ -242,8 +261,12 @@ async def _interpret(
     elif not children:
         await ctx.reply(ctx._("We could not find any child of yours here. Please call the school."))
     elif intent == "absence" and result["clarify"]:
-        await _ask(ctx, state, text, result["clarify"], children)
+        await _ask(ctx, state, text, result, children)
     elif intent == "absence":
+        if reason_hint:
+            for a in result["absences"]:
+                if a["reason"] == "unspecified":
+                    a["reason"] = reason_hint
         await _record(ctx, state, text, result, stored, original_event)
     elif intent == "absence_cancel":
         await _withdraw(ctx, text, result, stored, outcome)
@@ -256,20 +279,27 @@ async def _interpret(
 
 
 async def _ask(
-    ctx: Context, state: dict[str, Any], text: str, missing: list[str], children: tuple[Child, ...]
+    ctx: Context,
+    state: dict[str, Any],
+    text: str,
+    result: dict[str, Any],
+    children: tuple[Child, ...],
 ) -> None:
-    """Ask for the first missing slot; the answer is read together with the text."""
-    now = ctx.received_at
+    """Ask for the first missing slot; the answer is read together with the text.
+
+    The question keeps the redacted text only (no sensitive span may stay in the
+    store), with the reason read from the whole text, so it survives redaction.
+    """
+    missing = result["clarify"]
     question: dict[str, Any]
     if "child" in missing:
-        options = list(children)
-        labels = _labels(options)
+        labels = _labels(list(children))
         question = {
             "kind": "child",
             "options": labels,
             "prompt": ctx._("Which child is it about? Answer with a number:")
             + "\n"
-            + _choice_lines([*labels, ctx._("all of them")]),
+            + _choice_lines([*labels, _all_word(ctx, len(labels))]),
         }
     elif "date" in missing:
         question = {
@@ -284,9 +314,36 @@ async def _ask(
             + "\n"
             + _choice_lines([ctx._("school"), ctx._("SFO"), ctx._("both")]),
         }
-    question.update(text=text, asked_at=now.isoformat(), event_id=ctx.event_id)
+    probe = await _understand(ctx, text, children[:1])
+    reasons = [a["reason"] for a in probe.get("absences", [])]
+    question.update(
+        text=result["redacted"],
+        reason=reasons[0] if reasons else None,
+        asked_at=ctx.received_at.isoformat(),
+        event_id=ctx.event_id,
+    )
     state["question"] = question
     await ctx.reply(str(question["prompt"]))
+
+
+def _all_word(ctx: Context, count: int) -> str:
+    return ctx._("both") if count == 2 else ctx._("all of them")
+
+
+def _chosen_children(ctx: Context, question: dict[str, Any], answer: str) -> list[Child]:
+    """The children a numbered-choice answer names: numbers, names, or both/all."""
+    ids: list[str] = list(question.get("student_ids", []))
+    by_id = {c.student_id: c for c in ctx.sender.children}
+    options = [by_id[i] for i in ids if i in by_id]
+    word = _bare_word(answer)
+    if word in ALL_WORDS:
+        return options
+    numbers = [int(n) for n in _NUMBERS.findall(answer)]
+    if numbers and all(1 <= n <= len(options) + 1 for n in numbers):
+        if len(options) + 1 in numbers:
+            return options
+        return [options[n - 1] for n in dict.fromkeys(numbers)]
+    return [c for c in options if _norm(c.first_name) in _norm(answer).split()]
 
 
 def _answer_text(ctx: Context, question: dict[str, Any], answer: str) -> str | None:
@@ -306,7 +363,7 @@ def _answer_text(ctx: Context, question: dict[str, Any], answer: str) -> str | N
         )
         return f"{original} {answer}" if "date" not in probe.get("clarify", ["date"]) else None
     if question.get("kind") == "child":
-        if word in {"begge", "both", "alle", "all", "barna", "ungane", "all of them"}:
+        if word in ALL_WORDS:
             return f"{original} (begge)"
         numbers = [int(n) for n in _NUMBERS.findall(answer)]
         if numbers and all(1 <= n <= len(options) + 1 for n in numbers):
@@ -425,31 +482,58 @@ async def _withdraw(
     await ctx.reply(
         ctx._("We found no absence report to withdraw; your message goes to the school.")
     )
-    await _to_thread(ctx, ctx.sender.children[0], text, stored, outcome, acknowledge=False)
+    await _to_thread(ctx, ctx.sender.children[0], text, stored, outcome)
 
 
 async def _message(
     ctx: Context, state: dict[str, Any], text: str, stored: str | None, outcome: Outcome
 ) -> None:
+    """A general message: to the named child's thread, or ask which child it is about."""
     children = list(ctx.sender.children)
-    named = [
-        c for c in children if re.search(rf"(?<!\w){re.escape(_norm(c.first_name))}", _norm(text))
-    ]
-    targets = named or children
-    await _to_thread(ctx, targets[0], text, stored, outcome, acknowledge=True)
-    await _sensitive_notice(ctx, outcome, tuple(targets))
+    words = set(re.findall(r"\w+", _norm(text)))
+    named = [c for c in children if _norm(c.first_name) in words]
+    if len(named) == 1 or len(children) == 1:
+        targets = named or children
+        question = {"text": stored, "sensitive": outcome.sensitive}
+        await _deliver_message(ctx, targets, question)
+    else:
+        options = named or children
+        labels = _labels(options)
+        state["question"] = {
+            "kind": "message_child",
+            "student_ids": [c.student_id for c in options],
+            "text": stored,
+            "sensitive": outcome.sensitive,
+            "asked_at": ctx.received_at.isoformat(),
+            "event_id": ctx.event_id,
+        }
+        await ctx.reply(
+            ctx._("Which child is the message about? Answer with a number:")
+            + "\n"
+            + _choice_lines([*labels, _all_word(ctx, len(labels))])
+        )
+    await _sensitive_notice(ctx, outcome, tuple(named or children))
     await _save_state(ctx, state)
 
 
+async def _deliver_message(ctx: Context, children: list[Child], message: dict[str, Any]) -> None:
+    """Put a (stored, maybe redacted) message in each child's thread and acknowledge it."""
+    stored = message.get("text")
+    outcome = Outcome(body=stored, sensitive=list(message.get("sensitive", [])))
+    units: list[str] = []
+    thread_id = None
+    for child in children:
+        unit_name, thread_id = await _to_thread(ctx, child, stored or "", stored, outcome)
+        if unit_name not in units:
+            units.append(unit_name)
+    await ctx.reply(
+        ctx._("Your message has been passed on to {unit}.", unit=", ".join(units)), thread_id
+    )
+
+
 async def _to_thread(
-    ctx: Context,
-    child: Child,
-    text: str,
-    stored: str | None,
-    outcome: Outcome,
-    *,
-    acknowledge: bool,
-) -> str:
+    ctx: Context, child: Child, text: str, stored: str | None, outcome: Outcome
+) -> tuple[str, str]:
     """Put the message in the thread with the child's school, or SFO when it names SFO."""
     unit_id = child.unit_id
     if child.sfo_unit_id and _SFO_WORD.search(text):
@@ -467,10 +551,8 @@ async def _to_thread(
         sent_at=ctx.received_at,
         inbound_event_id=ctx.event_id,
     )
-    if acknowledge:
-        name = await ctx.conn.scalar(select(t.units.c.name).where(t.units.c.id == unit_id))
-        await ctx.reply(ctx._("Your message has been passed on to {unit}.", unit=name), thread_id)
-    return thread_id
+    name = await ctx.conn.scalar(select(t.units.c.name).where(t.units.c.id == unit_id))
+    return str(name), thread_id
 
 
 async def _sensitive_notice(ctx: Context, outcome: Outcome, children: tuple[Child, ...]) -> None:
