@@ -1,0 +1,133 @@
+"""SIGKILL while 200 signed SMS webhooks are arriving: after a restart, none lost, none twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select
+
+from adapters.fakes.twilio import FakeTwilio
+from bridge.store import tables as t
+from bridge.store.db import create_engine
+from tests.cli import SKOLEBRO, skolebro, write_config
+from tests.conftest import EXAMPLE_ROSTER
+
+ACCOUNT = "AC" + "fedcba9876543210" * 2
+TOKEN = "kill-test-token"
+AMINA = "+4793456789"  # one child, so each message goes straight to a thread
+COUNT = 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(cfg: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KILL_TWILIO_TOKEN": TOKEN}
+    env.pop("SKOLEBRO_CONFIG", None)
+    proc = subprocess.Popen(
+        [SKOLEBRO, "run", "--config", str(cfg)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        assert proc.poll() is None, "bridge exited at start"
+        time.sleep(0.1)
+    raise AssertionError("bridge did not come up")
+
+
+@pytest.mark.slow
+async def test_sigkill_during_inbound_loses_and_duplicates_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    port = _free_port()
+    public = f"http://127.0.0.1:{port}"
+    url = f"{public}/webhooks/twilio/sms"
+    async with FakeTwilio(ACCOUNT, TOKEN, webhook_url=url) as twilio:
+        cfg = write_config(
+            tmp_path,
+            database_url,
+            f"""public_url = "{public}"
+[http]
+port = {port}
+[sms]
+enabled = true
+account_sid = "{ACCOUNT}"
+auth_token_env = "KILL_TWILIO_TOKEN"
+from_number = "+4759440000"
+api_base_url = "{twilio.base_url}"
+max_per_second = 200
+""",
+        )
+        assert skolebro("import-roster", str(EXAMPLE_ROSTER), "--config", str(cfg)).returncode == 0
+        forms = [
+            twilio.inbound_form(AMINA, "+4759440000", f"Hei, melding nummer {i} om Aisha")
+            for i in range(COUNT)
+        ]
+        acked: set[str] = set()
+        third = asyncio.Event()
+        proc = _start(cfg, port)
+
+        async def post(session: aiohttp.ClientSession, form: dict[str, str]) -> None:
+            headers = {"X-Twilio-Signature": twilio.signature(url, form)}
+            try:
+                async with session.post(url, data=form, headers=headers) as r:
+                    if r.status == 200:
+                        acked.add(form["MessageSid"])
+                        if len(acked) >= COUNT // 3:
+                            third.set()
+            except (aiohttp.ClientError, OSError):
+                pass  # the process died under us: Twilio would retry later
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            sends = [asyncio.create_task(post(session, f)) for f in forms]
+            await asyncio.wait_for(third.wait(), 30)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            await asyncio.gather(*sends)
+        assert COUNT // 3 <= len(acked) < COUNT, "the kill came too late to mean anything"
+
+        proc = _start(cfg, port)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await asyncio.gather(
+                    *(post(session, f) for f in forms if f["MessageSid"] not in acked)
+                )
+            assert len(acked) == COUNT
+            engine = create_engine(database_url)
+            try:
+                deadline = time.monotonic() + 60
+                while True:
+                    async with engine.connect() as conn:
+                        events = await conn.scalar(
+                            select(func.count()).select_from(t.inbound_events)
+                        )
+                        done = await conn.scalar(
+                            select(func.count()).where(t.inbound_events.c.status == "processed")
+                        )
+                        bodies = list(await conn.scalars(select(t.messages.c.body)))
+                    if done == COUNT or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.2)
+            finally:
+                await engine.dispose()
+            assert events == COUNT and done == COUNT
+            assert sorted(bodies) == sorted(f["Body"] for f in forms)  # each exactly once
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
