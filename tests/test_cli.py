@@ -163,3 +163,27 @@ def test_run_serves_health_and_metrics_and_stops_on_sigterm(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_import_roster_counts_and_rerun(config: Path) -> None:
+    from tests.conftest import EXAMPLE_ROSTER
+
+    first = skolebro("import-roster", str(EXAMPLE_ROSTER), "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines()[0] == "created 13, updated 0, unchanged 0, rejected 0"
+    again = skolebro("import-roster", str(EXAMPLE_ROSTER), "--json", "--config", str(config))
+    assert json.loads(again.stdout) == {"created": 0, "updated": 0, "unchanged": 13, "rejected": []}
+
+
+def test_import_roster_with_bad_rows_names_them_and_exits_1(config: Path) -> None:
+    bad = Path(__file__).parent / "data" / "roster" / "bad.csv"
+    human = skolebro("import-roster", str(bad), "--config", str(config))
+    assert human.returncode == 1
+    assert any(line.startswith("line 7:") for line in human.stdout.splitlines())
+    assert any(line.startswith("line 9:") for line in human.stdout.splitlines())
+    as_json = json.loads(
+        skolebro("import-roster", str(bad), "--json", "--config", str(config)).stdout
+    )
+    assert [r["line"] for r in as_json["rejected"]] == [7, 9]
+    missing = skolebro("import-roster", "/nonexistent.csv", "--config", str(config))
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
