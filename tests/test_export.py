@@ -69,8 +69,8 @@ def _seed(database_url: str) -> None:
                 {"id": "an-1", "unit_id": "u-fjell", "text": "Stengt", "created_at": T0},
             )
             dbase = {"kind": "announcement", "announcement_id": "an-1", "guardian_id": "gd-k",
-                     "next_attempt_at": T0, "fallback_of": None, "provider_id": None, "last_error": None,
-                     **stamp}  # fmt: skip
+                     "next_attempt_at": T0, "fallback_of": None, "provider_id": None,
+                     "last_error": None, **stamp}  # fmt: skip
             await conn.execute(
                 insert(t.deliveries),
                 [
