@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import math
 import time
@@ -31,7 +32,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -247,6 +248,9 @@ class TwilioWebhooks:
             update = status_from_fields(form)
         except ValueError as e:
             return _text(400, str(e))
+        delivery_id = request.query.get("d", "")
+        if update is not None and delivery_id.isascii() and 0 < len(delivery_id) <= 64:
+            update = dataclasses.replace(update, delivery_id=delivery_id)
         if update is not None:
             try:
                 await self._record_status(update)
@@ -469,7 +473,9 @@ class TwilioSender:
             message = await self._get_client().messages.create_async(
                 to=out.address,
                 body=out.body,
-                status_callback=self._status_callback,
+                # Our delivery id rides along, so a callback that overtakes our own
+                # bookkeeping of the provider's id still finds its delivery.
+                status_callback=f"{self._status_callback}?{urlencode({'d': out.delivery_id})}",
                 **sender,
             )
         except asyncio.CancelledError:

@@ -121,6 +121,8 @@ class Bridge:
 async def run_bridge(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM, then stop accepting and finish within 15 s."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # The twilio SDK logs request parameters (numbers, bodies) at INFO: keep it quiet.
+    logging.getLogger("twilio").setLevel(logging.WARNING)
     bridge = Bridge(settings)
     await bridge.start()
     stop = asyncio.Event()

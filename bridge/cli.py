@@ -114,6 +114,41 @@ async def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_announce(args: argparse.Namespace, settings: Settings) -> int:
+    from bridge.announcements import AnnouncementError, create_announcement
+
+    engine = await _engine(settings)
+    try:
+        created = await create_announcement(
+            engine,
+            settings,
+            unit_id=args.unit,
+            text=args.text,
+            group_ids=args.group,
+            student_ids=args.student,
+            subject=args.subject,
+            urgent=args.urgent,
+        )
+    except AnnouncementError as e:
+        raise CommandError(str(e)) from None
+    finally:
+        await engine.dispose()
+    if args.json:
+        print(
+            json.dumps(
+                {"announcement_id": created.announcement_id, "deliveries": created.deliveries}
+            )
+        )
+        return 0
+    line = f"announcement {created.announcement_id}: {created.deliveries} deliveries"
+    if created.skipped:
+        line += f" ({created.skipped} skipped: opted out or no open channel)"
+    if created.not_before:
+        line += f", held until {created.not_before.astimezone(settings.tz):%H:%M} (quiet hours)"
+    print(line)
+    return 0
+
+
 async def cmd_apikey_create(args: argparse.Namespace, settings: Settings) -> int:
     from bridge.apikeys import UnknownUnit, create_api_key
 
@@ -218,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("understand", None, "JSON lines in, understood JSON lines out (SPEC section 6)")
 
-    p = add("announce", _not_yet("skolebro announce"), "queue an announcement")
+    p = add("announce", cmd_announce, "queue an announcement")
     p.add_argument("--unit", required=True)
     p.add_argument("--group", action="append", default=[])
     p.add_argument("--student", action="append", default=[])

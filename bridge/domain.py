@@ -84,6 +84,9 @@ class StatusUpdate:
     status: str  # "sent", "delivered", "failed"
     error: str | None = None
     contact_dead: bool = False
+    # Our own delivery id, when the provider hands it back (a callback URL's query):
+    # it finds the delivery even before the provider's id has been recorded.
+    delivery_id: str | None = None
 
 
 RecordStatus = Callable[[StatusUpdate], Awaitable[None]]

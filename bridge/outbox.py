@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bridge import metrics
 from bridge.config import DeliverySettings, Settings
 from bridge.domain import Channel, Outgoing, SendOutcome, SendResult, StatusUpdate
+from bridge.routing import load_routes
 from bridge.store import tables as t
 from bridge.store.ids import new_id
 
@@ -56,7 +57,7 @@ async def retry(engine: AsyncEngine, ids: list[str], *, all_dead: bool = False) 
             query = select(d.c.id, d.c.status).where(d.c.status == "dead")
         else:
             query = select(d.c.id, d.c.status).where(d.c.id.in_(ids))
-        found = dict((await conn.execute(query)).tuples().all())
+        found = {row_id: status for row_id, status in await conn.execute(query)}
         for delivery_id in ids:
             if delivery_id not in found:
                 result.refused += 1
@@ -192,7 +193,8 @@ class OutboxWorker:
         settings: Settings,
         senders: dict[str, ChannelSender],
         *,
-        batch: int = 50,
+        batch: int = 200,
+        concurrency: int = 32,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -205,6 +207,8 @@ class OutboxWorker:
             "telegram": RateLimit(settings.telegram.max_per_second),
             "email": RateLimit(settings.email.max_per_second),
         }
+        # Bounded concurrency per channel: a slow provider cannot take every slot.
+        self.slots = {channel: asyncio.Semaphore(concurrency) for channel in self.limits}
 
     async def claim(self) -> list[dict[str, Any]]:
         """Take up to `batch` due deliveries on our channels, leased to this worker."""
@@ -264,10 +268,30 @@ class OutboxWorker:
                 w.cancel()
 
     async def _send(self, row: dict[str, Any]) -> None:
+        async with self.slots[row["channel"]]:
+            await self._send_now(row)
+
+    async def _send_now(self, row: dict[str, Any]) -> None:
         d = t.deliveries
+        await self.limits[row["channel"]].take()
         # The send-once guard: count the attempt under our lease right before the call,
         # so a lease we lost (another worker took over) never sends a second time.
         async with self.engine.begin() as conn:
+            if await _opted_out_now(conn, row):
+                await conn.execute(
+                    update(d)
+                    .where(d.c.id == row["id"], d.c.lease_owner == self.owner)
+                    .values(
+                        status="skipped",
+                        last_error="opted out",
+                        lease_owner=None,
+                        lease_until=None,
+                        updated_at=datetime.now(UTC),
+                    )
+                )
+                await fall_back(conn, row)
+                self.wake.set()
+                return
             guarded = await conn.execute(
                 update(d)
                 .where(d.c.id == row["id"], d.c.lease_owner == self.owner, d.c.status == "sending")
@@ -276,7 +300,6 @@ class OutboxWorker:
         if not guarded.rowcount:
             return
         attempts = row["attempts"] + 1
-        await self.limits[row["channel"]].take()
         out = Outgoing(
             delivery_id=row["id"],
             channel=Channel(row["channel"]),
@@ -314,16 +337,92 @@ class OutboxWorker:
             status = "dead" if result.outcome == SendOutcome.TRANSIENT else "failed"
             values.update(status=status, last_error=result.error)
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(d).where(d.c.id == row["id"], d.c.lease_owner == self.owner).values(**values)
-            )
+            mine = and_(d.c.id == row["id"], d.c.lease_owner == self.owner)
+            if values["status"] == "sent":
+                # A status callback may have overtaken us: never move it back to "sent".
+                mine = and_(mine, d.c.status == "sending")
+            done = await conn.execute(update(d).where(mine).values(**values))
+            if not done.rowcount and values["status"] == "sent":
+                await conn.execute(
+                    update(d)
+                    .where(d.c.id == row["id"])
+                    .values(provider_id=result.provider_id, lease_owner=None, lease_until=None)
+                )
             if result.contact_dead:
                 await mark_contact_dead(conn, row["channel"], row["address"], result.error)
+            if values["status"] == "failed":
+                await fall_back(conn, row)
+                self.wake.set()
         metrics.outbound_total.labels(channel=row["channel"], status=values["status"]).inc()
         if values["status"] == "sent":
             waited = (now - row["created_at"]).total_seconds()
             metrics.delivery_seconds.labels(channel=row["channel"]).observe(max(waited, 0))
         log.info("delivery %s %s (attempt %d)", row["id"], values["status"], attempts)
+
+
+UNSOLICITED = ("announcement", "digest")
+
+
+async def _opted_out_now(conn: AsyncConnection, row: dict[str, Any]) -> bool:
+    """An unsolicited, non-urgent delivery to an address that has since said STOPP."""
+    if row["kind"] not in UNSOLICITED or row["priority"] == "urgent":
+        return False
+    cp = t.contact_points
+    stopped = await conn.scalar(
+        select(cp.c.opted_out_at).where(
+            cp.c.channel == row["channel"], cp.c.address == row["address"]
+        )
+    )
+    return stopped is not None
+
+
+async def fall_back(conn: AsyncConnection, row: dict[str, Any]) -> list[str]:
+    """New deliveries on the guardian's next channels after a failed or skipped one.
+
+    Opted-out channels on the way get `skipped` deliveries (unless urgent), each
+    naming the one it replaces in `fallback_of`; returns the new ids.
+    """
+    if not row.get("guardian_id"):
+        return []
+    urgent = row["priority"] == "urgent"
+    routes = await load_routes(conn, [row["guardian_id"]])
+    plan = routes.plan(row["guardian_id"], urgent=urgent, after=row["channel"])
+    if not plan:
+        return []
+    announcement = None
+    if row.get("announcement_id"):
+        announcement = (
+            await conn.execute(
+                select(t.announcements.c.text, t.units.c.name)
+                .join(t.units, t.units.c.id == t.announcements.c.unit_id)
+                .where(t.announcements.c.id == row["announcement_id"])
+            )
+        ).first()
+    created: list[str] = []
+    previous = row["id"]
+    for route in plan:
+        body = row["body"] or ""
+        if announcement is not None:
+            text, unit_name = announcement
+            body = text if route.channel == "email" else f"{unit_name}: {text}"
+        skip = route.opted_out and not urgent
+        previous = await enqueue(
+            conn,
+            kind=row["kind"],
+            channel=route.channel,
+            address=route.address,
+            body=body,
+            guardian_id=row["guardian_id"],
+            staff_id=row.get("staff_id"),
+            thread_id=row.get("thread_id"),
+            announcement_id=row.get("announcement_id"),
+            subject=row.get("subject"),
+            priority=row["priority"],
+            fallback_of=previous,
+            status="skipped" if skip else "queued",
+        )
+        created.append(previous)
+    return created
 
 
 async def mark_contact_dead(
@@ -354,22 +453,25 @@ async def record_status(engine: AsyncEngine, update_: StatusUpdate) -> None:
     """A provider's later word on a send; moves a delivery forward, never back."""
     d = t.deliveries
     now = datetime.now(UTC)
+    if update_.delivery_id:
+        where = d.c.id == update_.delivery_id
+    else:
+        where = and_(d.c.channel == update_.channel.value, d.c.provider_id == update_.provider_id)
     async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                select(d.c.id, d.c.status, d.c.address).where(
-                    d.c.channel == update_.channel.value, d.c.provider_id == update_.provider_id
-                )
-            )
-        ).first()
-        if row is None or row.status in ("failed", "dead", "skipped", "delivered"):
+        found = (await conn.execute(select(d).where(where))).mappings().first()
+        if found is None or found["status"] in TERMINAL:
             return
+        row = dict(found)
         if update_.status == "failed":
             values: dict[str, Any] = {"status": "failed", "last_error": update_.error}
-        elif RANK.get(update_.status, -1) > RANK.get(row.status, -1):
+        elif RANK.get(update_.status, -1) > RANK.get(row["status"], -1):
             values = {"status": update_.status}
         else:
             return
-        await conn.execute(update(d).where(d.c.id == row.id).values(updated_at=now, **values))
-        if update_.contact_dead and row.address:
-            await mark_contact_dead(conn, update_.channel.value, row.address, update_.error)
+        if not row["provider_id"]:
+            values["provider_id"] = update_.provider_id
+        await conn.execute(update(d).where(d.c.id == row["id"]).values(updated_at=now, **values))
+        if update_.contact_dead and row["address"]:
+            await mark_contact_dead(conn, update_.channel.value, row["address"], update_.error)
+        if values["status"] == "failed":
+            await fall_back(conn, row)

@@ -88,7 +88,6 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["announce", "--unit", "u-fjell", "--text", "hei"],
         ["digest", "run", "--kind", "absence", "--unit", "u-fjell", "--date", "2026-11-26"],
         ["invite", "--guardian", "gd-per", "--channel", "telegram"],
         ["gdpr", "export", "--guardian", "gd-per"],

@@ -8,28 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
 
-from adapters.fakes.twilio import FakeTwilio
-from bridge.app import Bridge
-from bridge.config import parse_config
 from bridge.export import export_absences
-from bridge.roster import import_roster
 from bridge.store import tables as t
 from tests.conftest import EXAMPLE_ROSTER
+from tests.world import World, eventually, running_world
 
-ACCOUNT = "AC" + "0123456789abcdef" * 2
-TOKEN = "flow-test-token"
-SCHOOL_NUMBER = "+4759440000"
 KJERSTI = "+4791234567"  # nb; Ola (school + SFO) and Kari (school)
 PER = "+4792345678"  # nn; the same children as Kjersti
 AMINA = "+4793456789"  # en; Aisha (school + SFO)
@@ -37,80 +27,10 @@ STRANGER = "+4799999999"
 OSLO = ZoneInfo("Europe/Oslo")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class World:
-    bridge: Bridge
-    twilio: FakeTwilio
-
-    async def text(self, number: str, body: str, **kw: Any) -> int:
-        status, _ = await self.twilio.send_inbound(number, SCHOOL_NUMBER, body, **kw)
-        return status
-
-    def replies_to(self, number: str) -> list[str]:
-        return [m.body for m in self.twilio.sent if m.to == number]
-
-    async def rows(self, table: Any, *where: Any) -> list[dict[str, Any]]:
-        async with self.bridge.engine.connect() as conn:
-            result = await conn.execute(select(table).where(*where))
-            return [dict(r) for r in result.mappings()]
-
-
-async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
-    """Poll until `check` returns something truthy (an async or plain callable)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting; last value {value!r}")
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
-async def world(
-    database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> AsyncIterator[World]:
-    monkeypatch.setenv("FLOW_TWILIO_TOKEN", TOKEN)
-    port = _free_port()
-    public = f"http://127.0.0.1:{port}"
-    twilio = FakeTwilio(ACCOUNT, TOKEN, webhook_url=f"{public}/webhooks/twilio/sms#rc=3&rp=all")
-    await twilio.start()
-    settings = parse_config(
-        f"""
-[bridge]
-public_url = "{public}"
-database_url = "{database_url}"
-[http]
-port = {port}
-[sms]
-enabled = true
-account_sid = "{ACCOUNT}"
-auth_token_env = "FLOW_TWILIO_TOKEN"
-from_number = "{SCHOOL_NUMBER}"
-api_base_url = "{twilio.base_url}"
-max_per_second = 100
-""",
-        base_dir=tmp_path,
-    )
-    bridge = Bridge(settings)
-    result = await import_roster(bridge.engine, EXAMPLE_ROSTER)
-    assert not result.rejected
-    await bridge.start()
-    await asyncio.wait_for(bridge.caught_up.wait(), 10)
-    try:
-        yield World(bridge, twilio)
-    finally:
-        await bridge.stop()
-        await twilio.stop()
+async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    async with running_world(database_url, tmp_path, EXAMPLE_ROSTER) as w:
+        yield w
 
 
 def _today() -> str:

@@ -389,12 +389,13 @@ async def test_send_success_and_callbacks_reach_record_status(
         OURS,
         "Hei fra skolen",
     )
-    assert sent.status_callback == env.public_url + "/webhooks/twilio/status"
+    # SPEC's callback path, carrying our delivery id so a fast callback finds it.
+    assert sent.status_callback == env.public_url + "/webhooks/twilio/status?d=d-1"
     await env.fake.drain()
     assert [c.status for c in env.fake.callbacks] == [200, 200, 200]
-    assert [(u.provider_id, u.status) for u in env.store.statuses] == [
-        (result.provider_id, "sent"),
-        (result.provider_id, "delivered"),
+    assert [(u.provider_id, u.status, u.delivery_id) for u in env.store.statuses] == [
+        (result.provider_id, "sent", "d-1"),
+        (result.provider_id, "delivered", "d-1"),
     ]
 
 
@@ -410,6 +411,7 @@ async def test_undelivered_to_unknown_handset_marks_contact_dead(
         status="failed",
         error="30005: unknown handset",
         contact_dead=True,
+        delivery_id="d-1",
     )
 
 

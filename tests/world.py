@@ -1,0 +1,143 @@
+"""A running bridge on a real store with the loopback provider fakes, as tests drive it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from adapters.fakes.twilio import FakeTwilio
+from bridge.app import Bridge
+from bridge.config import parse_config
+from bridge.roster import import_roster
+
+ACCOUNT = "AC" + "0123456789abcdef" * 2
+TOKEN = "world-test-token"
+SCHOOL_NUMBER = "+4759440000"
+ROSTER_HEADER = [
+    "kind", "unit_id", "name", "unit_type", "email", "phone", "group_id", "student_id",
+    "first_name", "last_name", "sfo_unit_id", "groups", "guardian_id", "mobile", "language",
+    "channels", "students", "staff_id", "notify",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class World:
+    bridge: Bridge
+    twilio: FakeTwilio
+
+    async def text(self, number: str, body: str, **kw: Any) -> int:
+        status, _ = await self.twilio.send_inbound(number, SCHOOL_NUMBER, body, **kw)
+        return status
+
+    def replies_to(self, number: str) -> list[str]:
+        return [m.body for m in self.twilio.sent if m.to == number]
+
+    async def rows(self, table: Any, *where: Any) -> list[dict[str, Any]]:
+        async with self.bridge.engine.connect() as conn:
+            result = await conn.execute(select(table).where(*where))
+            return [dict(r) for r in result.mappings()]
+
+
+async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
+    """Poll until `check` returns something truthy (an async or plain callable)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting; last value {value!r}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_world(
+    database_url: str, tmp_path: Path, roster: Path, extra_toml: str = ""
+) -> AsyncIterator[World]:
+    """The bridge with SMS on, its roster imported, the Twilio fake beside it."""
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    twilio = FakeTwilio(ACCOUNT, TOKEN, webhook_url=f"{public}/webhooks/twilio/sms#rc=3&rp=all")
+    await twilio.start()
+    token_env = f"WORLD_TWILIO_TOKEN_{port}"
+    os.environ[token_env] = TOKEN
+    settings = parse_config(
+        f"""
+[bridge]
+public_url = "{public}"
+database_url = "{database_url}"
+[http]
+port = {port}
+[sms]
+enabled = true
+account_sid = "{ACCOUNT}"
+auth_token_env = "{token_env}"
+from_number = "{SCHOOL_NUMBER}"
+api_base_url = "{twilio.base_url}"
+max_per_second = 500
+[delivery]
+backoff_initial_seconds = 0.05
+backoff_max_seconds = 1
+quiet_hours = ""
+{extra_toml}
+""",
+        base_dir=tmp_path,
+    )
+    bridge = Bridge(settings)
+    result = await import_roster(bridge.engine, roster)
+    assert not result.rejected, result.rejected
+    await bridge.start()
+    await asyncio.wait_for(bridge.caught_up.wait(), 10)
+    try:
+        yield World(bridge, twilio)
+    finally:
+        await bridge.stop()
+        await twilio.stop()
+        os.environ.pop(token_env, None)
+
+
+def write_roster(path: Path, guardians: list[tuple[str, str, str]]) -> Path:
+    """A roster: one school + SFO, group g-5b, and per guardian (id, channels, language)
+    one child in 5B; guardian i has mobile +479100{i:04d} and e-mail g{i}@example.no."""
+    rows = [
+        {"kind": "unit", "unit_id": "u-fjell", "name": "Fjellsiden skole", "unit_type": "school",
+         "email": "skole@example.kommune.no"},
+        {"kind": "unit", "unit_id": "u-fjell-sfo", "name": "Fjellsiden SFO", "unit_type": "sfo",
+         "email": "sfo@example.kommune.no"},
+        {"kind": "group", "unit_id": "u-fjell", "group_id": "g-5b", "name": "5B"},
+        {"kind": "group", "unit_id": "u-fjell", "group_id": "g-2a", "name": "2A"},
+    ]  # fmt: skip
+    for i, (gid, channels, language) in enumerate(guardians):
+        rows.append(
+            {"kind": "student", "unit_id": "u-fjell", "student_id": f"s-{i}",
+             "first_name": f"Barn{i}", "last_name": "Test", "sfo_unit_id": "u-fjell-sfo",
+             "groups": "g-5b"}
+        )  # fmt: skip
+        rows.append(
+            {"kind": "guardian", "guardian_id": gid, "first_name": f"Foresatt{i}",
+             "last_name": "Test", "mobile": f"+479100{i:04d}", "email": f"g{i}@example.no",
+             "language": language, "channels": channels, "students": f"s-{i}"}
+        )  # fmt: skip
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=ROSTER_HEADER)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    return path
