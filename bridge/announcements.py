@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.config import Settings
 from bridge.routing import load_routes, quiet_until
+from bridge.sms_text import MAX_SEGMENTS, sms_length
 from bridge.store import tables as t
 from bridge.store.ids import new_id
 
@@ -117,6 +118,11 @@ async def create_announcement(
         )
         routes = await load_routes(conn, guardians)
         short = f"{unit_name}: {text}"
+        sms_segments = sms_length(short).segments
+        if sms_segments > MAX_SEGMENTS:
+            raise AnnouncementError(
+                f"the text is too long for SMS ({sms_segments} segments, at most {MAX_SEGMENTS})"
+            )
         base: dict[str, Any] = {
             "kind": "announcement",
             "announcement_id": announcement_id,
@@ -152,6 +158,7 @@ async def create_announcement(
                     "skipped" if skip else "queued",
                     previous,
                 )
+                row["segments"] = sms_segments if route.channel == "sms" else None
                 rows.append(row)
                 if previous is None:
                     firsts += 1
@@ -182,6 +189,7 @@ def _row(
         "last_error": "no open channel" if channel is None else None,
         "provider_id": None,
         "fallback_of": fallback_of,
+        "segments": None,
     }
 
 

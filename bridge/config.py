@@ -82,6 +82,7 @@ class DeliverySettings:
     backoff_initial_seconds: float = 5
     backoff_max_seconds: float = 900
     quiet_hours: str = "21:00-07:00"
+    lease_seconds: float = 60
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ _POSITIVE = {
     "email.max_message_bytes",
     "email.reply_token_days",
     "delivery.max_attempts",
+    "delivery.lease_seconds",
     "privacy.retention_days",
     "sms.max_per_second",
     "telegram.max_per_second",

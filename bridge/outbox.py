@@ -17,6 +17,7 @@ from bridge import metrics
 from bridge.config import DeliverySettings, Settings
 from bridge.domain import Channel, Outgoing, SendOutcome, SendResult, StatusUpdate
 from bridge.routing import load_routes
+from bridge.sms_text import sms_length
 from bridge.store import tables as t
 from bridge.store.ids import new_id
 
@@ -97,7 +98,6 @@ PRIORITY_ORDER = {"urgent": 0, "normal": 1, "bulk": 2}
 # Status moves forward only; failed and dead are terminal (SPEC section 8).
 RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3}
 TERMINAL = ("delivered", "failed", "dead", "skipped")
-LEASE_SECONDS = 60
 
 
 async def enqueue(
@@ -138,6 +138,7 @@ async def enqueue(
             "attempts": 0,
             "next_attempt_at": not_before or now,
             "fallback_of": fallback_of,
+            "segments": sms_length(body).segments if channel == "sms" else None,
             "created_at": now,
             "updated_at": now,
         },
@@ -238,7 +239,7 @@ class OutboxWorker:
                 .values(
                     status="sending",
                     lease_owner=self.owner,
-                    lease_until=now + timedelta(seconds=LEASE_SECONDS),
+                    lease_until=now + timedelta(seconds=self.settings.delivery.lease_seconds),
                     updated_at=now,
                 )
             )

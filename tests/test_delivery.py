@@ -57,6 +57,8 @@ async def test_group_announcement_reaches_each_guardian_once(world: World) -> No
     # Telegram first, but nobody has linked a chat: passed over silently, to SMS.
     assert by_channel["gd-3"] == "sms" and by_channel["gd-2"] == "email"
     sms = [r for r in rows if r["channel"] == "sms"]
+    assert {r["segments"] for r in sms} == {1}
+    assert {r["segments"] for r in rows if r["channel"] == "email"} == {None}
     await eventually(lambda: _delivered(world, announcement_id, len(sms)), within=15)
     texts = [m.body for m in world.twilio.sent]
     assert texts.count("Fjellsiden skole: Skolen stenger kl 12 i morgen") == len(sms)
@@ -168,9 +170,12 @@ async def test_failed_callback_after_sent_falls_back(world: World) -> None:
     assert next(r for r in rows if r["channel"] == "email")["fallback_of"] == first["id"]
 
 
-async def test_unknown_group_is_refused(world: World) -> None:
+async def test_unknown_group_and_overlong_text_are_refused(world: World) -> None:
     with pytest.raises(AnnouncementError, match="g-9z"):
         await announce(world, group_ids=["g-9z"], text="Hei")
+    with pytest.raises(AnnouncementError, match="too long for SMS"):
+        await announce(world, text="Lang beskjed. " * 120)
+    assert await world.rows(t.announcements) == []
 
 
 def test_quiet_hours() -> None:

@@ -346,6 +346,7 @@ deliveries = Table(
     Column("lease_until", UTCDateTime()),
     Column("provider_id", Text, index=True),
     Column("last_error", Text),
+    Column("segments", Integer),  # SMS segments, for cost reporting
     Column("fallback_of", ForeignKey("deliveries.id")),
     _created(),
     _updated(),
