@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, case, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge import metrics
@@ -186,7 +186,14 @@ class RateLimit:
 
 
 class OutboxWorker:
-    """Claims due deliveries with a lease, sends them, and records what happened."""
+    """Claims due deliveries with a lease, sends them, and records what happened.
+
+    One loop per channel, so a slow or rate-limited provider never holds up another.
+    The claim itself counts the attempt; right before each provider call the worker
+    checks that its lease still holds (the send-once guard): other workers take over
+    only expired leases. Results are written in small batches, so a crash can repeat
+    at most the sends in flight (the concurrency limit) whose results were not written.
+    """
 
     def __init__(
         self,
@@ -201,6 +208,7 @@ class OutboxWorker:
         self.settings = settings
         self.senders = senders
         self.batch = batch
+        self.concurrency = concurrency
         self.owner = new_id("worker")
         self.wake = asyncio.Event()
         self.limits = {
@@ -208,24 +216,28 @@ class OutboxWorker:
             "telegram": RateLimit(settings.telegram.max_per_second),
             "email": RateLimit(settings.email.max_per_second),
         }
-        # Bounded concurrency per channel: a slow provider cannot take every slot.
-        self.slots = {channel: asyncio.Semaphore(concurrency) for channel in self.limits}
+        self.lease = timedelta(seconds=settings.delivery.lease_seconds)
 
-    async def claim(self) -> list[dict[str, Any]]:
-        """Take up to `batch` due deliveries on our channels, leased to this worker."""
+    def _batch_for(self, channel: str) -> int:
+        # About two seconds of sending: a rate-limited channel holds few leases at once.
+        rate = self.limits[channel].rate if channel in self.limits else self.batch
+        return max(1, min(self.batch, int(rate * 2)))
+
+    async def claim(self, channel: str) -> list[dict[str, Any]]:
+        """Lease up to a batch of due deliveries on one channel, counting the attempt."""
         d = t.deliveries
         now = datetime.now(UTC)
         due = (
             select(d.c.id)
             .where(
-                d.c.channel.in_(list(self.senders)),
+                d.c.channel == channel,
                 or_(
                     and_(d.c.status == "queued", d.c.next_attempt_at <= now),
                     and_(d.c.status == "sending", d.c.lease_until < now),
                 ),
             )
             .order_by(case(PRIORITY_ORDER, value=d.c.priority, else_=1), d.c.next_attempt_at)
-            .limit(self.batch)
+            .limit(self._batch_for(channel))
         )
         async with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -233,74 +245,97 @@ class OutboxWorker:
             ids = list((await conn.execute(due)).scalars())
             if not ids:
                 return []
-            await conn.execute(
-                update(d)
-                .where(d.c.id.in_(ids))
-                .values(
-                    status="sending",
-                    lease_owner=self.owner,
-                    lease_until=now + timedelta(seconds=self.settings.delivery.lease_seconds),
-                    updated_at=now,
+            claimed = (
+                (
+                    await conn.execute(
+                        update(d)
+                        .where(d.c.id.in_(ids))
+                        .values(
+                            status="sending",
+                            attempts=d.c.attempts + 1,
+                            lease_owner=self.owner,
+                            lease_until=now + self.lease,
+                            updated_at=now,
+                        )
+                        .returning(*d.c)
+                    )
                 )
+                .mappings()
+                .all()
             )
-            rows = (await conn.execute(select(d).where(d.c.id.in_(ids)))).mappings().all()
-        return [dict(r) for r in rows]
+            rows = [dict(r) for r in claimed]
+            stopped = await _opted_out(conn, rows)
+            for row in rows:
+                if row["id"] in stopped:
+                    await conn.execute(
+                        update(d)
+                        .where(d.c.id == row["id"])
+                        .values(
+                            status="skipped",
+                            last_error="opted out",
+                            lease_owner=None,
+                            lease_until=None,
+                            updated_at=now,
+                        )
+                    )
+                    await fall_back(conn, row)
+        if stopped:
+            self.wake.set()
+        return [r for r in rows if r["id"] not in stopped]
 
     async def run_once(self) -> int:
-        """One claim-and-send round; returns how many deliveries it handled."""
-        claimed = await self.claim()
-        if claimed:
-            await asyncio.gather(*(self._send(row) for row in claimed))
+        """One claim-and-send round on every channel; returns how many it handled."""
+        handled = await asyncio.gather(*(self._round(channel) for channel in self.senders))
+        return sum(handled)
+
+    async def _round(self, channel: str) -> int:
+        claimed = await self.claim(channel)
+        if not claimed:
+            return 0
+        slots = asyncio.Semaphore(self.concurrency)
+        results: list[tuple[dict[str, Any], SendResult]] = []
+        flushing = asyncio.Lock()
+
+        async def one(row: dict[str, Any]) -> None:
+            async with slots:
+                result = await self._send(row)
+            if result is None:
+                return
+            results.append((row, result))
+            if len(results) >= self.concurrency:
+                async with flushing:
+                    batch = results[:]
+                    del results[: len(batch)]
+                    await self._record(batch)
+
+        await asyncio.gather(*(one(row) for row in claimed))
+        async with flushing:
+            await self._record(results)
         return len(claimed)
 
     async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(*(self._loop(channel, stop) for channel in self.senders))
+
+    async def _loop(self, channel: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                handled = await self.run_once()
+                handled = await self._round(channel)
             except Exception:
-                log.exception("outbox round failed")
+                log.exception("outbox round on %s failed", channel)
                 handled = 0
             if handled:
                 continue
-            self.wake.clear()
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
             await asyncio.wait(waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
+            self.wake.clear()
 
-    async def _send(self, row: dict[str, Any]) -> None:
-        async with self.slots[row["channel"]]:
-            await self._send_now(row)
-
-    async def _send_now(self, row: dict[str, Any]) -> None:
-        d = t.deliveries
+    async def _send(self, row: dict[str, Any]) -> SendResult | None:
+        """One provider call, if our lease still holds; None when it does not."""
         await self.limits[row["channel"]].take()
-        # The send-once guard: count the attempt under our lease right before the call,
-        # so a lease we lost (another worker took over) never sends a second time.
-        async with self.engine.begin() as conn:
-            if await _opted_out_now(conn, row):
-                await conn.execute(
-                    update(d)
-                    .where(d.c.id == row["id"], d.c.lease_owner == self.owner)
-                    .values(
-                        status="skipped",
-                        last_error="opted out",
-                        lease_owner=None,
-                        lease_until=None,
-                        updated_at=datetime.now(UTC),
-                    )
-                )
-                await fall_back(conn, row)
-                self.wake.set()
-                return
-            guarded = await conn.execute(
-                update(d)
-                .where(d.c.id == row["id"], d.c.lease_owner == self.owner, d.c.status == "sending")
-                .values(attempts=d.c.attempts + 1)
-            )
-        if not guarded.rowcount:
-            return
-        attempts = row["attempts"] + 1
+        if datetime.now(UTC) > row["lease_until"] - timedelta(seconds=1):
+            return None  # the lease ran out (a long wait for the rate limit): another may own it
         out = Outgoing(
             delivery_id=row["id"],
             channel=Channel(row["channel"]),
@@ -309,72 +344,93 @@ class OutboxWorker:
             subject=row["subject"],
         )
         try:
-            result = await self.senders[row["channel"]].send(out)
+            return await self.senders[row["channel"]].send(out)
         except Exception as e:  # an adapter bug must not lose the delivery
             log.exception("sender raised for delivery %s", row["id"])
-            result = SendResult(SendOutcome.TRANSIENT, error=type(e).__name__)
-        await self._record(row, attempts, result)
+            return SendResult(SendOutcome.TRANSIENT, error=type(e).__name__)
 
-    async def _record(self, row: dict[str, Any], attempts: int, result: SendResult) -> None:
-        d = t.deliveries
-        now = datetime.now(UTC)
-        values: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_until": None}
+    def _outcome(self, row: dict[str, Any], result: SendResult, now: datetime) -> dict[str, Any]:
+        """The row's new values after one send: sent, queued again, dead or failed."""
+        values: dict[str, Any] = {
+            "b_id": row["id"],
+            "status": "sent",
+            "provider_id": result.provider_id,
+            "last_error": None,
+            "next_attempt_at": row["next_attempt_at"],
+            "updated_at": now,
+        }
         if result.outcome == SendOutcome.SENT:
-            values.update(status="sent", provider_id=result.provider_id, last_error=None)
-        elif (
+            return values
+        values["provider_id"] = row["provider_id"]
+        values["last_error"] = result.error
+        if (
             result.outcome == SendOutcome.TRANSIENT
-            and attempts < self.settings.delivery.max_attempts
+            and row["attempts"] < self.settings.delivery.max_attempts
         ):
-            delay = backoff_seconds(attempts, self.settings.delivery)
+            delay = backoff_seconds(row["attempts"], self.settings.delivery)
             if result.retry_after:
                 delay = max(delay, result.retry_after)
                 self.limits[row["channel"]].hold(result.retry_after)
-            values.update(
-                status="queued",
-                last_error=result.error,
-                next_attempt_at=now + timedelta(seconds=delay),
-            )
+            values.update(status="queued", next_attempt_at=now + timedelta(seconds=delay))
         else:
-            status = "dead" if result.outcome == SendOutcome.TRANSIENT else "failed"
-            values.update(status=status, last_error=result.error)
+            values["status"] = "dead" if result.outcome == SendOutcome.TRANSIENT else "failed"
+        return values
+
+    async def _record(self, batch: list[tuple[dict[str, Any], SendResult]]) -> None:
+        """Write a batch of send results in one transaction."""
+        if not batch:
+            return
+        d = t.deliveries
+        now = datetime.now(UTC)
+        outcomes = [(row, result, self._outcome(row, result, now)) for row, result in batch]
+        mine = and_(d.c.id == bindparam("b_id"), d.c.lease_owner == self.owner)
+        columns = ("status", "provider_id", "last_error", "next_attempt_at", "updated_at")
+        change: dict[str, Any] = {c: bindparam(f"b_{c}") for c in columns}
+        change |= {"lease_owner": None, "lease_until": None}
+        params = [{f"b_{k}" if k != "b_id" else k: v for k, v in o.items()} for _, _, o in outcomes]
+        sent = [p for p in params if p["b_status"] == "sent"]
+        other = [p for p in params if p["b_status"] != "sent"]
         async with self.engine.begin() as conn:
-            mine = and_(d.c.id == row["id"], d.c.lease_owner == self.owner)
-            if values["status"] == "sent":
+            if sent:
                 # A status callback may have overtaken us: never move it back to "sent".
-                mine = and_(mine, d.c.status == "sending")
-            done = await conn.execute(update(d).where(mine).values(**values))
-            if not done.rowcount and values["status"] == "sent":
                 await conn.execute(
-                    update(d)
-                    .where(d.c.id == row["id"])
-                    .values(provider_id=result.provider_id, lease_owner=None, lease_until=None)
+                    update(d).where(mine, d.c.status == "sending").values(change), sent
                 )
-            if result.contact_dead:
-                await mark_contact_dead(conn, row["channel"], row["address"], result.error)
-            if values["status"] == "failed":
-                await fall_back(conn, row)
-                self.wake.set()
-        metrics.outbound_total.labels(channel=row["channel"], status=values["status"]).inc()
-        if values["status"] == "sent":
-            waited = (now - row["created_at"]).total_seconds()
-            metrics.delivery_seconds.labels(channel=row["channel"]).observe(max(waited, 0))
-        log.info("delivery %s %s (attempt %d)", row["id"], values["status"], attempts)
+            if other:
+                await conn.execute(update(d).where(mine).values(change), other)
+            for row, result, values in outcomes:
+                if result.contact_dead:
+                    await mark_contact_dead(conn, row["channel"], row["address"], result.error)
+                if values["status"] == "failed":
+                    await fall_back(conn, row)
+                    self.wake.set()
+        for row, _, values in outcomes:
+            metrics.outbound_total.labels(channel=row["channel"], status=values["status"]).inc()
+            if values["status"] == "sent":
+                waited = (now - row["created_at"]).total_seconds()
+                metrics.delivery_seconds.labels(channel=row["channel"]).observe(max(waited, 0))
+        log.info("recorded %d send results", len(outcomes))
 
 
 UNSOLICITED = ("announcement", "digest")
 
 
-async def _opted_out_now(conn: AsyncConnection, row: dict[str, Any]) -> bool:
-    """An unsolicited, non-urgent delivery to an address that has since said STOPP."""
-    if row["kind"] not in UNSOLICITED or row["priority"] == "urgent":
-        return False
+async def _opted_out(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+    """Ids of unsolicited, non-urgent deliveries whose address has since said STOPP."""
+    candidates = [r for r in rows if r["kind"] in UNSOLICITED and r["priority"] != "urgent"]
+    if not candidates:
+        return set()
     cp = t.contact_points
-    stopped = await conn.scalar(
-        select(cp.c.opted_out_at).where(
-            cp.c.channel == row["channel"], cp.c.address == row["address"]
+    pairs = list({(r["channel"], r["address"]) for r in candidates})
+    stopped = {
+        (p.channel, p.address)
+        for p in await conn.execute(
+            select(cp.c.channel, cp.c.address).where(
+                tuple_(cp.c.channel, cp.c.address).in_(pairs), cp.c.opted_out_at.is_not(None)
+            )
         )
-    )
-    return stopped is not None
+    }
+    return {r["id"] for r in candidates if (r["channel"], r["address"]) in stopped}
 
 
 async def fall_back(conn: AsyncConnection, row: dict[str, Any]) -> list[str]:

@@ -22,6 +22,11 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine; on SQLite every connection gets WAL and foreign keys."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
+        # One connection: SQLite has one writer, and queueing for it in Python is far
+        # cheaper than SQLite's busy handler, which sleeps in growing steps.
+        kwargs.setdefault("pool_size", 1)
+        kwargs.setdefault("max_overflow", 0)
+        kwargs.setdefault("pool_timeout", 60)
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
