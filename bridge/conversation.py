@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bridge import absences, outbox, threads
 from bridge.config import Settings
 from bridge.directory import Child, Sender, closed_dates
+from bridge.domain import telegram_content
 from bridge.i18n import translate
 from bridge.store import tables as t
 from bridge.understand import understand
@@ -56,14 +57,31 @@ class Context:
     def _(self, message: str, **values: object) -> str:
         return translate(self.lang, message, **values)
 
-    async def reply(self, text: str, thread_id: str | None = None) -> None:
-        """An answer to the guardian's own message, on the channel they wrote on."""
+    async def reply(
+        self,
+        text: str,
+        thread_id: str | None = None,
+        *,
+        choices: int = 0,
+        undo_word: str | None = None,
+    ) -> None:
+        """An answer to the guardian's own message, on the channel they wrote on.
+
+        On Telegram, numbered choices become buttons that answer with their number,
+        and an undo word becomes an undo button; elsewhere the text says it all.
+        """
+        body = text
+        if self.channel == "telegram" and (choices or undo_word):
+            rows = [[(str(n), f"c:{n}")] for n in range(1, choices + 1)]
+            if undo_word:
+                rows.append([(undo_word, "undo")])
+            body = telegram_content(text, rows)
         await outbox.enqueue(
             self.conn,
             kind="reply",
             channel=self.channel,
             address=self.address,
-            body=text,
+            body=body,
             guardian_id=self.sender.reporter_id,
             thread_id=thread_id,
             priority="urgent",
@@ -323,7 +341,10 @@ async def _ask(
         event_id=ctx.event_id,
     )
     state["question"] = question
-    await ctx.reply(str(question["prompt"]))
+    await ctx.reply(
+        str(question["prompt"]),
+        choices=len(question.get("options", [])) + (1 if question["kind"] == "child" else 0),
+    )
 
 
 def _all_word(ctx: Context, count: int) -> str:
@@ -437,7 +458,8 @@ async def _record(
         + "\n"
         + "\n".join(lines)
         + "\n"
-        + ctx._("Wrong? Answer {undo}.", undo=undo)
+        + ctx._("Wrong? Answer {undo}.", undo=undo),
+        undo_word=undo,
     )
 
 
@@ -510,7 +532,8 @@ async def _message(
         await ctx.reply(
             ctx._("Which child is the message about? Answer with a number:")
             + "\n"
-            + _choice_lines([*labels, _all_word(ctx, len(labels))])
+            + _choice_lines([*labels, _all_word(ctx, len(labels))]),
+            choices=len(labels) + 1,
         )
     await _sensitive_notice(ctx, outcome, tuple(named or children))
     await _save_state(ctx, state)

@@ -6,6 +6,7 @@ provider-specific shape beyond the `payload` dict it stores verbatim.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -90,3 +91,27 @@ class StatusUpdate:
 
 
 RecordStatus = Callable[[StatusUpdate], Awaitable[None]]
+
+
+TELEGRAM_MARKER = '{"telegram":'  # a delivery body starting so is rich Telegram content
+
+
+def telegram_content(
+    text: str,
+    buttons: list[list[tuple[str, str]]] | None = None,
+    *,
+    request_contact: str | None = None,
+    remove_keyboard: bool = False,
+) -> str:
+    """A Telegram delivery body with inline buttons (label, callback data) or a contact
+    request button (its label); `adapters.telegram.TelegramContent.from_body` reads it."""
+    doc: dict[str, Any] = {
+        "text": text,
+        "buttons": [
+            [{"text": label, "data": data} for label, data in row] for row in buttons or []
+        ],
+        "remove_keyboard": remove_keyboard,
+    }
+    if request_contact:
+        doc.update(request_contact=True, contact_button_text=request_contact)
+    return json.dumps({"telegram": doc}, ensure_ascii=False, separators=(",", ":"))
