@@ -94,6 +94,9 @@ async def retry(engine: AsyncEngine, ids: list[str], *, all_dead: bool = False) 
 
 # --- queueing and sending ----------------------------------------------------------
 
+# A send may take this long (the adapters' request timeouts are 15-30 s): a lease with
+# less left is renewed before the call, so no other worker can take it mid-send.
+SEND_MARGIN = timedelta(seconds=35)
 PRIORITY_ORDER = {"urgent": 0, "normal": 1, "bulk": 2}
 # Status moves forward only; failed and dead are terminal (SPEC section 8).
 RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3}
@@ -334,8 +337,8 @@ class OutboxWorker:
     async def _send(self, row: dict[str, Any]) -> SendResult | None:
         """One provider call, if our lease still holds; None when it does not."""
         await self.limits[row["channel"]].take()
-        if datetime.now(UTC) > row["lease_until"] - timedelta(seconds=1):
-            return None  # the lease ran out (a long wait for the rate limit): another may own it
+        if datetime.now(UTC) > row["lease_until"] - SEND_MARGIN and not await self._extend(row):
+            return None  # the lease ran out: another worker may own the delivery now
         out = Outgoing(
             delivery_id=row["id"],
             channel=Channel(row["channel"]),
@@ -348,6 +351,25 @@ class OutboxWorker:
         except Exception as e:  # an adapter bug must not lose the delivery
             log.exception("sender raised for delivery %s", row["id"])
             return SendResult(SendOutcome.TRANSIENT, error=type(e).__name__)
+
+    async def _extend(self, row: dict[str, Any]) -> bool:
+        """Renew a lease about to run out, if it is still ours (the send-once guard)."""
+        d = t.deliveries
+        until = datetime.now(UTC) + max(self.lease, SEND_MARGIN * 2)
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(d)
+                .where(
+                    d.c.id == row["id"],
+                    d.c.lease_owner == self.owner,
+                    d.c.status == "sending",
+                    d.c.lease_until > datetime.now(UTC),
+                )
+                .values(lease_until=until)
+            )
+        if done.rowcount:
+            row["lease_until"] = until
+        return bool(done.rowcount)
 
     def _outcome(self, row: dict[str, Any], result: SendResult, now: datetime) -> dict[str, Any]:
         """The row's new values after one send: sent, queued again, dead or failed."""

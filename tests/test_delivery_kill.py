@@ -42,7 +42,7 @@ api_base_url = "{twilio.base_url}"
 max_per_second = 2000
 [delivery]
 quiet_hours = ""
-lease_seconds = 3
+lease_seconds = 40
 backoff_initial_seconds = 0.1
 """,
     )

@@ -235,6 +235,23 @@ link_codes = Table(
     Column("used_at", UTCDateTime()),
 )
 
+reply_tokens = Table(
+    "reply_tokens",
+    metadata,
+    # Reply-To addresses r-<token>@reply_domain: only a hash is kept, bound to one
+    # recipient (guardian or staff) and, for staff and thread mail, one thread.
+    Column("token_hash", String(64), primary_key=True),
+    Column("recipient_kind", String(8), nullable=False),  # "guardian" or "staff"
+    Column("recipient_id", String(64), nullable=False),
+    Column("address", Text, nullable=False),  # the only sender a reply is taken from
+    Column("thread_id", ForeignKey("threads.id")),
+    Column("unit_id", ForeignKey("units.id")),
+    _created(),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+    CheckConstraint("recipient_kind IN ('guardian', 'staff')", name="recipient_kind"),
+)
+
 # --- conversations --------------------------------------------------------------
 
 threads = Table(
