@@ -13,9 +13,10 @@ import sys
 from collections.abc import Callable, Coroutine
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bridge.config import ConfigError, Settings, load_config
+if TYPE_CHECKING:  # `understand` and `email strip` must start fast: no SQLAlchemy for them
+    from bridge.config import Settings
 
 
 class CommandError(Exception):
@@ -345,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(strip_reply(sys.stdin.read()) + "\n")
         return 0
     from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from bridge.config import ConfigError, load_config
 
     try:
         settings = load_config(args.config)
