@@ -23,7 +23,7 @@ class CommandError(Exception):
     """A failure the user must fix; its message is the one line printed."""
 
 
-Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+Handler = Callable[[argparse.Namespace, "Settings"], Coroutine[Any, Any, int]]
 
 
 def _date(value: str) -> date:
