@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge import inbox, outbox
+from bridge import inbox, mail_flow, outbox
 from bridge.config import Settings
 from bridge.domain import Accepted, InboundEvent, StatusUpdate
 from bridge.http import build_app
@@ -43,9 +43,16 @@ class Bridge:
 
             self.app.add_routes(sms_twilio.routes(settings, self.accept, self.record_status))
             self.senders["sms"] = sms_twilio.TwilioSender(settings)
-        for channel in ("telegram", "email"):
-            if getattr(settings, channel).enabled:
-                log.warning("channel %s is enabled but not available yet; ignoring it", channel)
+        self.mail_listener: Any = None
+        if settings.email.enabled:
+            from adapters import email as mail
+
+            self.senders["email"] = mail.MailSender(settings)
+            self.mail_listener = mail.MailListener(
+                settings, self.accept, self.record_status, self.recipient_ok
+            )
+        if settings.telegram.enabled:
+            log.warning("channel telegram is enabled but not available yet; ignoring it")
         self.outbox = outbox.OutboxWorker(self.engine, settings, self.senders)
 
     async def accept(self, event: InboundEvent) -> Accepted:
@@ -57,6 +64,9 @@ class Bridge:
     async def record_status(self, update: StatusUpdate) -> None:
         await outbox.record_status(self.engine, update)
 
+    async def recipient_ok(self, address: str) -> bool:
+        return await mail_flow.recipient_ok(self.engine, self.settings, address)
+
     async def start(self) -> None:
         self.runner = web.AppRunner(self.app, shutdown_timeout=5)
         await self.runner.setup()
@@ -65,6 +75,8 @@ class Bridge:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
+        if self.mail_listener is not None:
+            await self.mail_listener.start()
         self.tasks = [
             asyncio.create_task(self.inbox.run(self.stopping)),
             asyncio.create_task(self.outbox.run(self.stopping)),
@@ -108,6 +120,8 @@ class Bridge:
         """Stop accepting, let the workers finish what is in flight, close everything."""
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.mail_listener is not None:
+            await self.mail_listener.stop()
         self.stopping.set()
         if self.tasks:
             _, pending = await asyncio.wait(self.tasks, timeout=STOP_SECONDS - 6)

@@ -15,16 +15,17 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bridge import absences, outbox, threads
+from bridge import absences, outbox, reply_tokens, staff_notices, threads
 from bridge.config import Settings
 from bridge.directory import Child, Sender, closed_dates
-from bridge.domain import telegram_content
+from bridge.domain import mail_content, telegram_content
 from bridge.i18n import translate
 from bridge.store import tables as t
 from bridge.understand import understand
 
 QUESTION_TTL = timedelta(hours=2)
 UNDO_WINDOW = timedelta(hours=24)
+REPLY_WINDOW = timedelta(hours=72)
 UNDO_WORDS = {"angre", "undo"}
 _WORD_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
 _SFO_WORD = re.compile(r"(?<!\w)(sfo|aks|aktivitetsskolen)(?!\w)", re.IGNORECASE)
@@ -49,6 +50,10 @@ class Context:
     sender: Sender
     event_id: int
     received_at: datetime  # aware
+    # Where a message belongs when the way it came says so: the thread a reply token
+    # answers, or the unit whose address a mail was sent to.
+    thread_hint: str | None = None
+    unit_hint: str | None = None
 
     @property
     def lang(self) -> str:
@@ -71,7 +76,9 @@ class Context:
         and an undo word becomes an undo button; elsewhere the text says it all.
         """
         body = text
-        if self.channel == "telegram" and (choices or undo_word):
+        if self.channel == "email":
+            body = await self._mail(text, thread_id)
+        elif self.channel == "telegram" and (choices or undo_word):
             rows = [[(str(n), f"c:{n}")] for n in range(1, choices + 1)]
             if undo_word:
                 rows.append([(undo_word, "undo")])
@@ -85,6 +92,23 @@ class Context:
             guardian_id=self.sender.reporter_id,
             thread_id=thread_id,
             priority="urgent",
+        )
+
+    async def _mail(self, text: str, thread_id: str | None) -> str:
+        """A reply by e-mail carries a Reply-To token bound to this guardian."""
+        local = await reply_tokens.issue(
+            self.conn,
+            recipient_kind="guardian",
+            recipient_id=self.sender.reporter_id,
+            address=self.address,
+            days=self.settings.email.reply_token_days,
+            thread_id=thread_id or self.thread_hint,
+        )
+        return mail_content(
+            to=self.address,
+            subject=self._("Message from the school"),
+            text=text,
+            reply_to=f"{local}@{self.settings.email.reply_domain}",
         )
 
 
@@ -511,7 +535,18 @@ async def _message(
     ctx: Context, state: dict[str, Any], text: str, stored: str | None, outcome: Outcome
 ) -> None:
     """A general message: to the named child's thread, or ask which child it is about."""
+    thread = await _hinted_thread(ctx, state)
+    if thread is not None:
+        child, unit_id = thread
+        await _deliver_message(
+            ctx, [child], {"text": stored, "sensitive": outcome.sensitive}, unit_id=unit_id
+        )
+        await _sensitive_notice(ctx, outcome, (child,))
+        await _save_state(ctx, state)
+        return
     children = list(ctx.sender.children)
+    if ctx.unit_hint:
+        children = [c for c in children if ctx.unit_hint in (c.unit_id, c.sfo_unit_id)] or children
     words = set(re.findall(r"\w+", _norm(text)))
     named = [c for c in children if _norm(c.first_name) in words]
     if len(named) == 1 or len(children) == 1:
@@ -539,14 +574,39 @@ async def _message(
     await _save_state(ctx, state)
 
 
-async def _deliver_message(ctx: Context, children: list[Child], message: dict[str, Any]) -> None:
+async def _hinted_thread(ctx: Context, state: dict[str, Any]) -> tuple[Child, str] | None:
+    """The thread a message answers: a reply token's, or the latest staff reply's or
+    announcement's on this channel within 72 hours (SPEC section 8)."""
+    thread_id = ctx.thread_hint
+    context = state.get("reply_context")
+    if not thread_id and context and _fresh(context.get("at"), REPLY_WINDOW, ctx.received_at):
+        thread_id = context.get("thread_id")
+    if not thread_id:
+        return None
+    th = t.threads
+    row = (
+        await ctx.conn.execute(
+            select(th.c.student_id, th.c.unit_id).where(
+                th.c.id == thread_id, th.c.guardian_id.in_(ctx.sender.guardian_ids)
+            )
+        )
+    ).first()
+    child = next((c for c in ctx.sender.children if row and c.student_id == row.student_id), None)
+    return (child, row.unit_id) if child and row else None
+
+
+async def _deliver_message(
+    ctx: Context, children: list[Child], message: dict[str, Any], unit_id: str | None = None
+) -> None:
     """Put a (stored, maybe redacted) message in each child's thread and acknowledge it."""
     stored = message.get("text")
     outcome = Outcome(body=stored, sensitive=list(message.get("sensitive", [])))
     units: list[str] = []
     thread_id = None
     for child in children:
-        unit_name, thread_id = await _to_thread(ctx, child, stored or "", stored, outcome)
+        unit_name, thread_id = await _to_thread(
+            ctx, child, stored or "", stored, outcome, unit_id=unit_id
+        )
         if unit_name not in units:
             units.append(unit_name)
     await ctx.reply(
@@ -555,12 +615,22 @@ async def _deliver_message(ctx: Context, children: list[Child], message: dict[st
 
 
 async def _to_thread(
-    ctx: Context, child: Child, text: str, stored: str | None, outcome: Outcome
+    ctx: Context,
+    child: Child,
+    text: str,
+    stored: str | None,
+    outcome: Outcome,
+    *,
+    unit_id: str | None = None,
 ) -> tuple[str, str]:
-    """Put the message in the thread with the child's school, or SFO when it names SFO."""
-    unit_id = child.unit_id
-    if child.sfo_unit_id and _SFO_WORD.search(text):
-        unit_id = child.sfo_unit_id
+    """Put the message in the thread with the child's school, or SFO when it names SFO
+    (or the unit the message was addressed to), and tell the staff who follow the child."""
+    if unit_id is None:
+        unit_id = child.unit_id
+        if ctx.unit_hint and ctx.unit_hint in (child.unit_id, child.sfo_unit_id):
+            unit_id = ctx.unit_hint
+        elif child.sfo_unit_id and _SFO_WORD.search(text):
+            unit_id = child.sfo_unit_id
     guardian_id = ctx.sender.guardian_for(child.student_id)
     thread_id = await threads.thread_for(ctx.conn, guardian_id, unit_id, child.student_id)
     await threads.add_message(
@@ -573,6 +643,16 @@ async def _to_thread(
         sensitive=outcome.sensitive,
         sent_at=ctx.received_at,
         inbound_event_id=ctx.event_id,
+    )
+    await staff_notices.notify_message(
+        ctx.conn,
+        ctx.settings,
+        thread_id=thread_id,
+        unit_id=unit_id,
+        student_id=child.student_id,
+        guardian_id=guardian_id,
+        text=stored,
+        sensitive=outcome.sensitive,
     )
     name = await ctx.conn.scalar(select(t.units.c.name).where(t.units.c.id == unit_id))
     return str(name), thread_id

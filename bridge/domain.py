@@ -115,3 +115,31 @@ def telegram_content(
     if request_contact:
         doc.update(request_contact=True, contact_button_text=request_contact)
     return json.dumps({"telegram": doc}, ensure_ascii=False, separators=(",", ":"))
+
+
+MAIL_MARKER = '{"mail":'  # a delivery body starting so is rich e-mail content
+
+
+def mail_content(
+    *,
+    to: str,
+    subject: str,
+    text: str,
+    reply_to: str,
+    from_display: str | None = None,
+    auto_submitted: bool = False,
+    list_unsubscribe: str | None = None,
+    in_reply_to: str | None = None,
+) -> str:
+    """An e-mail delivery body; `adapters.mail_out.MailContent.from_json` reads it."""
+    doc = {
+        "to": to,
+        "subject": subject,
+        "text": text,
+        "reply_to": reply_to,
+        "from_display": from_display,
+        "auto_submitted": auto_submitted,
+        "list_unsubscribe": list_unsubscribe,
+        "in_reply_to": in_reply_to,
+    }
+    return json.dumps({"mail": doc}, ensure_ascii=False, separators=(",", ":"))

@@ -12,13 +12,14 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bridge import conversation, metrics, outbox
+from bridge import conversation, mail_flow, metrics, outbox
 from bridge.config import Settings
 from bridge.conversation import Context
 from bridge.directory import find_sender
 from bridge.domain import Accepted, Channel, InboundEvent, StoreUnavailable
 from bridge.i18n import translate
 from bridge.store import tables as t
+from bridge.understand import redact
 
 log = logging.getLogger("skolebro.inbox")
 
@@ -162,29 +163,44 @@ class InboxWorker:
                 return
             channel = Channel(row["channel"])
             payload = dict(row["payload"] or {})
-            sender = await find_sender(
-                conn, channel, row["sender"], self.settings.bridge.default_language
-            )
+            media_count = int(payload.get("media_count", 0) or 0)
             values: dict[str, Any] = {"status": "processed", "processed_at": datetime.now(UTC)}
-            if sender is None:
-                await self._unknown(conn, channel, row["sender"], row["received_at"])
-                payload.pop("From", None)
-                values.update(sender=None, body=None, payload=payload)
-            else:
-                ctx = Context(
-                    conn=conn,
-                    settings=self.settings,
-                    channel=channel.value,
-                    address=row["sender"],
-                    sender=sender,
+            if channel == Channel.EMAIL:
+                outcome = await mail_flow.handle_email(
+                    conn,
+                    self.settings,
                     event_id=event_id,
+                    sender=row["sender"],
+                    text=row["body"] or "",
+                    payload=payload,
                     received_at=row["received_at"],
+                    media_count=media_count,
                 )
-                outcome = await conversation.handle(
-                    ctx, row["body"] or "", int(payload.get("media_count", 0) or 0)
-                )
+                # A subject may hold what the body would: keep only its redacted form.
+                payload["subject"] = redact(str(payload.get("subject") or ""))[0]
                 payload["sensitive"] = outcome.sensitive
                 values.update(body=outcome.body, payload=payload)
+            else:
+                sender = await find_sender(
+                    conn, channel, row["sender"], self.settings.bridge.default_language
+                )
+                if sender is None:
+                    await self._unknown(conn, channel, row["sender"], row["received_at"])
+                    payload.pop("From", None)
+                    values.update(sender=None, body=None, payload=payload)
+                else:
+                    ctx = Context(
+                        conn=conn,
+                        settings=self.settings,
+                        channel=channel.value,
+                        address=row["sender"],
+                        sender=sender,
+                        event_id=event_id,
+                        received_at=row["received_at"],
+                    )
+                    outcome = await conversation.handle(ctx, row["body"] or "", media_count)
+                    payload["sensitive"] = outcome.sensitive
+                    values.update(body=outcome.body, payload=payload)
             await conn.execute(update(e).where(e.c.id == event_id).values(**values))
         lag = (datetime.now(UTC) - row["received_at"]).total_seconds()
         metrics.processing_seconds.labels(channel=channel.value).observe(max(lag, 0))

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from adapters.fakes.smtp import FakeSmtp
 from adapters.fakes.twilio import FakeTwilio
 from bridge.app import Bridge
 from bridge.config import parse_config
@@ -39,6 +40,7 @@ def free_port() -> int:
 class World:
     bridge: Bridge
     twilio: FakeTwilio
+    smtp: FakeSmtp | None = None
 
     async def text(self, number: str, body: str, **kw: Any) -> int:
         status, _ = await self.twilio.send_inbound(number, SCHOOL_NUMBER, body, **kw)
@@ -69,10 +71,25 @@ async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
 
 @contextlib.asynccontextmanager
 async def running_world(
-    database_url: str, tmp_path: Path, roster: Path, extra_toml: str = ""
+    database_url: str, tmp_path: Path, roster: Path, extra_toml: str = "", *, email: bool = False
 ) -> AsyncIterator[World]:
-    """The bridge with SMS on, its roster imported, the Twilio fake beside it."""
+    """The bridge with SMS (and e-mail) on, its roster imported, the fakes beside it."""
     port = free_port()
+    smtp = FakeSmtp() if email else None
+    if smtp is not None:
+        await smtp.start()
+        extra_toml += f"""
+[email]
+enabled = true
+smtp_host = "127.0.0.1"
+smtp_port = {smtp.port}
+smtp_tls = "none"
+from_address = "skolebro@example.kommune.no"
+reply_domain = "svar.example.kommune.no"
+listen_host = "127.0.0.1"
+listen_port = {free_port()}
+max_message_bytes = 200000
+"""
     public = f"http://127.0.0.1:{port}"
     twilio = FakeTwilio(ACCOUNT, TOKEN, webhook_url=f"{public}/webhooks/twilio/sms#rc=3&rp=all")
     await twilio.start()
@@ -106,10 +123,12 @@ quiet_hours = ""
     await bridge.start()
     await asyncio.wait_for(bridge.caught_up.wait(), 10)
     try:
-        yield World(bridge, twilio)
+        yield World(bridge, twilio, smtp)
     finally:
         await bridge.stop()
         await twilio.stop()
+        if smtp is not None:
+            await smtp.stop()
         os.environ.pop(token_env, None)
 
 

@@ -241,7 +241,7 @@ reply_tokens = Table(
     # Reply-To addresses r-<token>@reply_domain: only a hash is kept, bound to one
     # recipient (guardian or staff) and, for staff and thread mail, one thread.
     Column("token_hash", String(64), primary_key=True),
-    Column("recipient_kind", String(8), nullable=False),  # "guardian" or "staff"
+    Column("recipient_kind", String(8), nullable=False),  # "guardian", "staff" or "unit"
     Column("recipient_id", String(64), nullable=False),
     Column("address", Text, nullable=False),  # the only sender a reply is taken from
     Column("thread_id", ForeignKey("threads.id")),
@@ -249,7 +249,7 @@ reply_tokens = Table(
     _created(),
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime()),
-    CheckConstraint("recipient_kind IN ('guardian', 'staff')", name="recipient_kind"),
+    CheckConstraint("recipient_kind IN ('guardian', 'staff', 'unit')", name="recipient_kind"),
 )
 
 # --- conversations --------------------------------------------------------------

@@ -31,7 +31,7 @@ def upgrade() -> None:
     sa.Column('created_at', bridge.store.tables.UTCDateTime(timezone=True), nullable=False),
     sa.Column('expires_at', bridge.store.tables.UTCDateTime(timezone=True), nullable=False),
     sa.Column('revoked_at', bridge.store.tables.UTCDateTime(timezone=True), nullable=True),
-    sa.CheckConstraint("recipient_kind IN ('guardian', 'staff')", name=op.f('ck_reply_tokens_recipient_kind')),
+    sa.CheckConstraint("recipient_kind IN ('guardian', 'staff', 'unit')", name=op.f('ck_reply_tokens_recipient_kind')),
     sa.ForeignKeyConstraint(['thread_id'], ['threads.id'], name=op.f('fk_reply_tokens_thread_id_threads')),
     sa.ForeignKeyConstraint(['unit_id'], ['units.id'], name=op.f('fk_reply_tokens_unit_id_units')),
     sa.PrimaryKeyConstraint('token_hash', name=op.f('pk_reply_tokens'))
