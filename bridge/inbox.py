@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge import conversation, mail_flow, metrics, outbox
@@ -50,34 +52,40 @@ async def retry(engine: AsyncEngine, ids: list[int], *, all_dead: bool = False) 
 
 
 async def accept(engine: AsyncEngine, event: InboundEvent) -> Accepted:
-    """Commit the raw event once per (channel, external id); StoreUnavailable if we can't."""
+    """Commit the raw event once per (channel, external id); StoreUnavailable if we can't.
+
+    One INSERT ... ON CONFLICT DO NOTHING RETURNING: a new event costs one statement;
+    only a repeat needs a second one to find the stored id.
+    """
     e = t.inbound_events
-    key = (e.c.channel == event.channel.value, e.c.external_id == event.external_id)
+    row = {
+        "channel": event.channel.value,
+        "external_id": event.external_id,
+        "sender": event.sender,
+        "body": event.text,
+        "payload": {**event.payload, "media_count": event.media_count},
+        "received_at": event.received_at,
+        "status": "pending",
+        "attempts": 0,
+    }
     try:
         async with engine.begin() as conn:
-            found = await conn.scalar(select(e.c.id).where(*key))
-            if found is not None:
-                return Accepted(int(found), new=False)
+            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             event_id = await conn.scalar(
-                insert(e)
-                .values(
-                    channel=event.channel.value,
-                    external_id=event.external_id,
-                    sender=event.sender,
-                    body=event.text,
-                    payload={**event.payload, "media_count": event.media_count},
-                    received_at=event.received_at,
-                    status="pending",
-                    attempts=0,
-                )
+                dialect_insert(e)
+                .values(**row)
+                .on_conflict_do_nothing(index_elements=["channel", "external_id"])
                 .returning(e.c.id)
             )
-    except IntegrityError:  # the same event raced in through another request
-        async with engine.connect() as conn:
-            found = await conn.scalar(select(e.c.id).where(*key))
-        if found is None:
-            raise StoreUnavailable("inbound event neither stored nor found") from None
-        return Accepted(int(found), new=False)
+            if event_id is None:
+                found = await conn.scalar(
+                    select(e.c.id).where(
+                        e.c.channel == event.channel.value, e.c.external_id == event.external_id
+                    )
+                )
+                if found is None:
+                    raise StoreUnavailable("inbound event neither stored nor found")
+                return Accepted(int(found), new=False)
     except (OperationalError, DBAPIError, OSError) as exc:
         raise StoreUnavailable(type(exc).__name__) from exc
     metrics.inbound_total.labels(channel=event.channel.value).inc()
