@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -18,8 +16,8 @@ from sqlalchemy import func, select
 from adapters.fakes.twilio import FakeTwilio
 from bridge.store import tables as t
 from bridge.store.db import create_engine
-from tests.cli import SKOLEBRO, skolebro, write_config
-from tests.world import ACCOUNT, SCHOOL_NUMBER, TOKEN, free_port, write_roster
+from tests.cli import skolebro, start_bridge, write_config
+from tests.world import ACCOUNT, SCHOOL_NUMBER, TOKEN, eventually, free_port, write_roster
 
 pytestmark = pytest.mark.slow
 
@@ -49,22 +47,7 @@ backoff_initial_seconds = 0.1
 
 
 def _start(cfg: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FANOUT_TWILIO_TOKEN": TOKEN}
-    env.pop("SKOLEBRO_CONFIG", None)
-    proc = subprocess.Popen(
-        [SKOLEBRO, "run", "--config", str(cfg)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        assert proc.poll() is None, "bridge exited at start"
-        time.sleep(0.1)
-    raise AssertionError("bridge did not come up")
+    return start_bridge(cfg, port, {"FANOUT_TWILIO_TOKEN": TOKEN})
 
 
 async def _wait_until_settled(database_url: str, count: int, within: float = 180) -> dict[str, int]:
@@ -115,8 +98,7 @@ async def test_kill_mid_fan_out_sends_each_once_but_the_in_flight(
                        "--json", "--config", str(cfg))  # fmt: skip
         assert json.loads(out.stdout)["deliveries"] == recipients
         proc = _start(cfg, port)
-        while len(twilio.sent) < recipients // 4:
-            await asyncio.sleep(0.02)
+        await eventually(lambda: len(twilio.sent) >= recipients // 4, within=120)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         sent_at_kill = len(twilio.sent)

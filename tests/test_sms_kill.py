@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from sqlalchemy import func, select
 from adapters.fakes.twilio import FakeTwilio
 from bridge.store import tables as t
 from bridge.store.db import create_engine
-from tests.cli import SKOLEBRO, skolebro, write_config
+from tests.cli import skolebro, start_bridge, write_config
 from tests.conftest import EXAMPLE_ROSTER
 
 ACCOUNT = "AC" + "fedcba9876543210" * 2
@@ -33,22 +32,7 @@ def _free_port() -> int:
 
 
 def _start(cfg: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KILL_TWILIO_TOKEN": TOKEN}
-    env.pop("SKOLEBRO_CONFIG", None)
-    proc = subprocess.Popen(
-        [SKOLEBRO, "run", "--config", str(cfg)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        assert proc.poll() is None, "bridge exited at start"
-        time.sleep(0.1)
-    raise AssertionError("bridge did not come up")
+    return start_bridge(cfg, port, {"KILL_TWILIO_TOKEN": TOKEN})
 
 
 @pytest.mark.slow

@@ -32,11 +32,11 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from adapters.fakes.base import LoopbackFake
 from adapters.mail_in import quiet_aiosmtpd_log
 
 TlsMode = Literal["none", "starttls", "tls"]
@@ -88,7 +88,7 @@ class _SinkSmtp(SMTP):
         await super().smtp_DATA(arg)
 
 
-class FakeSmtp:
+class FakeSmtp(LoopbackFake):
     """The sink; `async with FakeSmtp() as smtp:` then send to `127.0.0.1:smtp.port`."""
 
     def __init__(
@@ -171,18 +171,6 @@ class FakeSmtp:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
-
-    async def __aenter__(self) -> FakeSmtp:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def wait_for(
         self,

@@ -41,11 +41,12 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from adapters.fakes.base import LoopbackFake
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_TEXT = 4096  # UTF-16 code units, as Telegram counts them
@@ -223,7 +224,7 @@ class _Chat:
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-class FakeTelegram:
+class FakeTelegram(LoopbackFake):
     """The Bot API on loopback; see the module docstring."""
 
     def __init__(
@@ -309,18 +310,6 @@ class FakeTelegram:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def __aenter__(self) -> FakeTelegram:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def base_url(self) -> str:

@@ -29,13 +29,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urldefrag, urlencode
 
 import aiohttp
 from aiohttp import web
 from twilio.request_validator import RequestValidator
+
+from adapters.fakes.base import LoopbackFake
 
 API_VERSION = "2010-04-01"
 MORE_INFO = "https://www.twilio.com/docs/errors/{code}"
@@ -178,7 +179,7 @@ class _Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class FakeTwilio:
+class FakeTwilio(LoopbackFake):
     """Twilio's Messages API and webhooks on loopback; see the module docstring."""
 
     def __init__(
@@ -249,18 +250,6 @@ class FakeTwilio:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> FakeTwilio:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def base_url(self) -> str:
