@@ -6,6 +6,7 @@ plays the staff member's and the parent's mail clients with aiosmtplib.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -52,7 +53,7 @@ async def send_mail(
     msg.set_content(body)
     listener = world.bridge.mail_listener
     try:
-        errors, response = await aiosmtplib.send(
+        _, response = await aiosmtplib.send(
             msg, hostname="127.0.0.1", port=listener.port, sender=sender, recipients=[to]
         )
     except aiosmtplib.SMTPException as e:
@@ -146,8 +147,6 @@ async def test_out_of_office_reply_to_a_notification_is_ignored(world: World) ->
         headers={"Auto-Submitted": "auto-replied"},
     )
     assert not isinstance(result, Exception)
-    import asyncio
-
     await asyncio.sleep(0.5)
     assert await world.rows(t.messages, t.messages.c.direction == "out") == []
     assert len(world.smtp.messages if world.smtp else []) == before
