@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge import inbox, mail_flow, outbox
+from bridge import inbox, mail_flow, outbox, telegram_bot
 from bridge.config import Settings
 from bridge.domain import Accepted, InboundEvent, StatusUpdate
 from bridge.http import build_app
@@ -51,14 +51,28 @@ class Bridge:
             self.mail_listener = mail.MailListener(
                 settings, self.accept, self.record_status, self.recipient_ok
             )
+        self.telegram_sender: Any = None
         if settings.telegram.enabled:
-            log.warning("channel telegram is enabled but not available yet; ignoring it")
+            from adapters import telegram
+
+            self.telegram_sender = telegram.TelegramSender(settings)
+            self.senders["telegram"] = self.telegram_sender
+            if settings.telegram.mode == "webhook":
+                self.app.add_routes(telegram.routes(settings, self.accept))
+        self.callback_answers: set[asyncio.Task[Any]] = set()
         self.outbox = outbox.OutboxWorker(self.engine, settings, self.senders)
 
     async def accept(self, event: InboundEvent) -> Accepted:
         accepted = await inbox.accept(self.engine, event)
         if accepted.new:
             self.inbox.wake.set()
+        query_id = event.payload.get("callback_query_id")
+        if self.telegram_sender is not None and query_id:
+            # Telegram waits only seconds for a button's answer; the real answer comes
+            # as a chat message once the event is processed.
+            task = asyncio.create_task(self.telegram_sender.answer_callback(str(query_id)))
+            self.callback_answers.add(task)
+            task.add_done_callback(self.callback_answers.discard)
         return accepted
 
     async def record_status(self, update: StatusUpdate) -> None:
@@ -81,11 +95,28 @@ class Bridge:
             asyncio.create_task(self.inbox.run(self.stopping)),
             asyncio.create_task(self.outbox.run(self.stopping)),
         ]
+        if self.telegram_sender is not None:
+            await self._start_telegram()
         if self.settings.sms.enabled:
             self.tasks.append(asyncio.create_task(self._recover_sms()))
         else:
             self.caught_up.set()
         log.info("listening on http://%s:%d/", self.settings.http.host, self.port)
+
+    async def _start_telegram(self) -> None:
+        from adapters import telegram
+
+        try:
+            await self.telegram_sender.set_commands(
+                telegram_bot.bot_commands(), self.settings.bridge.default_language
+            )
+            if self.settings.telegram.mode == "webhook":
+                await telegram.set_webhook(self.settings)
+        except Exception:
+            log.warning("telegram set-up calls failed; the bot still runs", exc_info=True)
+        if self.settings.telegram.mode == "polling":
+            poller = telegram.TelegramPoller(self.settings, self.accept)
+            self.tasks.append(asyncio.create_task(poller.run(self.stopping)))
 
     async def _recover_sms(self) -> None:
         """Take in the messages Twilio received while we could not (SPEC section 8)."""

@@ -150,6 +150,24 @@ async def cmd_announce(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_invite(args: argparse.Namespace, settings: Settings) -> int:
+    from bridge.invites import InviteError, create_invite
+
+    engine = await _engine(settings)
+    try:
+        invite = await create_invite(engine, settings, args.guardian)
+    except InviteError as e:
+        raise CommandError(str(e)) from None
+    finally:
+        await engine.dispose()
+    expires = invite.code_expires_at.astimezone(settings.tz).isoformat(timespec="minutes")
+    print(
+        f"invite for {args.guardian} queued by {invite.channel}; "
+        f"the link works once, until {expires}"
+    )
+    return 0
+
+
 async def cmd_apikey_create(args: argparse.Namespace, settings: Settings) -> int:
     from bridge.apikeys import UnknownUnit, create_api_key
 
@@ -303,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--unit", required=True)
         r.add_argument("--date", type=_date, required=True)
 
-    p = add("invite", _not_yet("skolebro invite"), "send a guardian a Telegram link code")
+    p = add("invite", cmd_invite, "send a guardian a Telegram link code")
     p.add_argument("--guardian", required=True)
     p.add_argument("--channel", required=True, choices=["telegram"])
 

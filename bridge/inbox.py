@@ -14,7 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bridge import conversation, mail_flow, metrics, outbox
+from bridge import conversation, mail_flow, metrics, outbox, telegram_bot
 from bridge.config import Settings
 from bridge.conversation import Context
 from bridge.directory import find_sender
@@ -188,6 +188,21 @@ class InboxWorker:
                 payload["subject"] = redact(str(payload.get("subject") or ""))[0]
                 payload["sensitive"] = outcome.sensitive
                 values.update(body=outcome.body, payload=payload)
+            elif channel == Channel.TELEGRAM:
+                outcome = await telegram_bot.handle_update(
+                    conn,
+                    self.settings,
+                    event_id=event_id,
+                    chat_id=row["sender"],
+                    text=row["body"] or "",
+                    payload=payload,  # scrubbed in place of link codes and phone numbers
+                    received_at=row["received_at"],
+                    media_count=media_count,
+                )
+                payload["sensitive"] = outcome.sensitive
+                values.update(body=outcome.body, payload=payload)
+                if isinstance(outcome, telegram_bot.TelegramOutcome) and outcome.stranger:
+                    values["sender"] = None
             else:
                 sender = await find_sender(
                     conn, channel, row["sender"], self.settings.bridge.default_language

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from adapters.fakes.smtp import FakeSmtp
+from adapters.fakes.telegram import FakeTelegram
 from adapters.fakes.twilio import FakeTwilio
 from bridge.app import Bridge
 from bridge.config import parse_config
@@ -22,6 +23,7 @@ from bridge.roster import import_roster
 
 ACCOUNT = "AC" + "0123456789abcdef" * 2
 TOKEN = "world-test-token"
+BOT_TOKEN = "123456789:AAF-world-test-token_abcdefghijklmnopq"
 SCHOOL_NUMBER = "+4759440000"
 ROSTER_HEADER = [
     "kind", "unit_id", "name", "unit_type", "email", "phone", "group_id", "student_id",
@@ -41,6 +43,7 @@ class World:
     bridge: Bridge
     twilio: FakeTwilio
     smtp: FakeSmtp | None = None
+    telegram: FakeTelegram | None = None
 
     async def text(self, number: str, body: str, **kw: Any) -> int:
         status, _ = await self.twilio.send_inbound(number, SCHOOL_NUMBER, body, **kw)
@@ -71,11 +74,30 @@ async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
 
 @contextlib.asynccontextmanager
 async def running_world(
-    database_url: str, tmp_path: Path, roster: Path, extra_toml: str = "", *, email: bool = False
+    database_url: str,
+    tmp_path: Path,
+    roster: Path,
+    extra_toml: str = "",
+    *,
+    email: bool = False,
+    telegram: bool = False,
 ) -> AsyncIterator[World]:
     """The bridge with SMS (and e-mail) on, its roster imported, the fakes beside it."""
     port = free_port()
     smtp = FakeSmtp() if email else None
+    bot = FakeTelegram(BOT_TOKEN) if telegram else None
+    if bot is not None:
+        await bot.start()
+        os.environ[f"WORLD_BOT_TOKEN_{port}"] = BOT_TOKEN
+        extra_toml += f"""
+[telegram]
+enabled = true
+token_env = "WORLD_BOT_TOKEN_{port}"
+mode = "polling"
+api_base_url = "{bot.base_url}"
+bot_username = "skolebro_test_bot"
+max_per_second = 200
+"""
     if smtp is not None:
         await smtp.start()
         extra_toml += f"""
@@ -123,12 +145,14 @@ quiet_hours = ""
     await bridge.start()
     await asyncio.wait_for(bridge.caught_up.wait(), 10)
     try:
-        yield World(bridge, twilio, smtp)
+        yield World(bridge, twilio, smtp, bot)
     finally:
         await bridge.stop()
         await twilio.stop()
         if smtp is not None:
             await smtp.stop()
+        if bot is not None:
+            await bot.stop()
         os.environ.pop(token_env, None)
 
 
