@@ -168,6 +168,27 @@ async def cmd_invite(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_gdpr(args: argparse.Namespace, settings: Settings) -> int:
+    from bridge.gdpr import UnknownGuardian, erase_guardian, export_guardian
+
+    engine = await _engine(settings)
+    try:
+        if args.action == "export":
+            _print_json(await export_guardian(engine, args.guardian, settings.tz))
+        else:
+            counts = await erase_guardian(engine, args.guardian)
+            print(
+                f"guardian {args.guardian} erased: {counts['absences']} absence reports "
+                f"anonymised, {counts['messages']} messages and "
+                f"{counts['deliveries']} deliveries emptied"
+            )
+    except UnknownGuardian as e:
+        raise CommandError(f"unknown guardian: {e}") from None
+    finally:
+        await engine.dispose()
+    return 0
+
+
 async def cmd_apikey_create(args: argparse.Namespace, settings: Settings) -> int:
     from bridge.apikeys import UnknownUnit, create_api_key
 
@@ -337,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = act.add_parser("strip", help="print the new text of an e-mail body read on stdin")
     _config_option(r, top=False)
 
-    p = add("gdpr", _not_yet("skolebro gdpr"), "export or erase a guardian's data")
+    p = add("gdpr", cmd_gdpr, "export or erase a guardian's data")
     act = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name in ("export", "erase"):
         r = act.add_parser(name, help=f"{name} everything stored about a guardian")

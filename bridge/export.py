@@ -19,16 +19,29 @@ async def export_absences(
     engine: AsyncEngine, day: date, tz: tzinfo, unit_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Absence reports covering `day`, cancelled ones included with their status."""
+    a = t.absences
+    conditions = [a.c.from_date <= day, a.c.to_date >= day]
+    if unit_id:
+        conditions.append(a.c.unit_id == unit_id)
+    return await _absences(engine, tz, *conditions)
+
+
+async def export_absences_by(
+    engine: AsyncEngine, guardian_id: str, tz: tzinfo
+) -> list[dict[str, Any]]:
+    """Every absence report a guardian made."""
+    return await _absences(engine, tz, t.absences.c.reported_by == guardian_id)
+
+
+async def _absences(engine: AsyncEngine, tz: tzinfo, *conditions: Any) -> list[dict[str, Any]]:
     a, s, u = t.absences, t.students, t.units
     query = (
         select(a, s.c.first_name, s.c.last_name, u.c.unit_type)
         .join(s, s.c.id == a.c.student_id)
         .join(u, u.c.id == a.c.unit_id)
-        .where(a.c.from_date <= day, a.c.to_date >= day)
+        .where(*conditions)
         .order_by(a.c.received_at, a.c.id)
     )
-    if unit_id:
-        query = query.where(a.c.unit_id == unit_id)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
     return [
@@ -53,8 +66,20 @@ async def export_absences(
     ]
 
 
+async def export_threads_of(
+    engine: AsyncEngine, guardian_id: str, tz: tzinfo
+) -> list[dict[str, Any]]:
+    """A guardian's threads with all their messages."""
+    return await export_threads(engine, tz, guardian_id=guardian_id)
+
+
 async def export_threads(
-    engine: AsyncEngine, tz: tzinfo, unit_id: str | None = None, since: datetime | None = None
+    engine: AsyncEngine,
+    tz: tzinfo,
+    unit_id: str | None = None,
+    since: datetime | None = None,
+    *,
+    guardian_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Threads with their messages; with `since`, threads active since then and those messages."""
     th, m = t.threads, t.messages
@@ -63,6 +88,8 @@ async def export_threads(
         thread_query = thread_query.where(th.c.unit_id == unit_id)
     if since:
         thread_query = thread_query.where(th.c.last_message_at >= since)
+    if guardian_id:
+        thread_query = thread_query.where(th.c.guardian_id == guardian_id)
     message_query = (
         select(m).join(th, th.c.id == m.c.thread_id).order_by(m.c.thread_id, m.c.sent_at, m.c.id)
     )
@@ -71,6 +98,8 @@ async def export_threads(
         conditions.append(th.c.unit_id == unit_id)
     if since:
         conditions.append(m.c.sent_at >= since)
+    if guardian_id:
+        conditions.append(th.c.guardian_id == guardian_id)
     if conditions:
         message_query = message_query.where(and_(*conditions))
     async with engine.connect() as conn:

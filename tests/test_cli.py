@@ -89,7 +89,6 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     "args",
     [
         ["digest", "run", "--kind", "absence", "--unit", "u-fjell", "--date", "2026-11-26"],
-        ["gdpr", "export", "--guardian", "gd-per"],
         ["demo"],
     ],
 )
