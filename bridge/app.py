@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge import inbox, mail_flow, outbox, telegram_bot
+from bridge.api import add_api
 from bridge.config import Settings
 from bridge.domain import Accepted, InboundEvent, StatusUpdate
 from bridge.http import build_app
@@ -61,6 +62,7 @@ class Bridge:
                 self.app.add_routes(telegram.routes(settings, self.accept))
         self.callback_answers: set[asyncio.Task[Any]] = set()
         self.outbox = outbox.OutboxWorker(self.engine, settings, self.senders)
+        add_api(self.app, self.engine, settings, on_outbound=self.outbox.wake.set)
 
     async def accept(self, event: InboundEvent) -> Accepted:
         accepted = await inbox.accept(self.engine, event)

@@ -8,11 +8,8 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bridge import shapes
 from bridge.store import tables as t
-
-
-def _iso(value: datetime | None, tz: tzinfo) -> str | None:
-    return value.astimezone(tz).isoformat() if value else None
 
 
 async def export_absences(
@@ -44,26 +41,7 @@ async def _absences(engine: AsyncEngine, tz: tzinfo, *conditions: Any) -> list[d
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
-    return [
-        {
-            "id": r["id"],
-            "student_id": r["student_id"],
-            "student": f"{r['first_name']} {r['last_name']}".strip(),
-            "unit_id": r["unit_id"],
-            "unit_type": r["unit_type"],
-            "from": r["from_date"].isoformat(),
-            "to": r["to_date"].isoformat(),
-            "from_time": r["from_time"],
-            "to_time": r["to_time"],
-            "reason": r["reason"],
-            "note": r["note"],
-            "reported_by": r["reported_by"],
-            "channel": r["channel"],
-            "received_at": _iso(r["received_at"], tz),
-            "status": r["status"],
-        }
-        for r in rows
-    ]
+    return [shapes.absence(r, tz) for r in rows]
 
 
 async def export_threads_of(
@@ -107,17 +85,7 @@ async def export_threads(
         messages = (await conn.execute(message_query)).mappings().all()
     by_thread: dict[str, list[dict[str, Any]]] = {}
     for r in messages:
-        by_thread.setdefault(r["thread_id"], []).append(
-            {
-                "id": r["id"],
-                "direction": r["direction"],
-                "channel": r["channel"],
-                "author": r["author"],
-                "body": r["body"],
-                "sent_at": _iso(r["sent_at"], tz),
-                "sensitive": list(r["sensitive"] or []),
-            }
-        )
+        by_thread.setdefault(r["thread_id"], []).append(shapes.message(r, tz))
     return [
         {
             "id": r["id"],
@@ -152,7 +120,7 @@ async def export_deliveries(
             "last_error": r["last_error"],
             "provider_id": r["provider_id"],
             "fallback_of": r["fallback_of"],
-            "updated_at": _iso(r["updated_at"], tz),
+            "updated_at": shapes.iso(r["updated_at"], tz),
         }
         for r in rows
     ]
