@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, case, insert, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge import metrics
@@ -230,22 +230,34 @@ class OutboxWorker:
         """Lease up to a batch of due deliveries on one channel, counting the attempt."""
         d = t.deliveries
         now = datetime.now(UTC)
-        due = (
+        limit = self._batch_for(channel)
+        # One indexed query per priority, most urgent first, and one for leases that
+        # ran out: each walks an index in order instead of sorting every due row.
+        queries = [
             select(d.c.id)
             .where(
                 d.c.channel == channel,
-                or_(
-                    and_(d.c.status == "queued", d.c.next_attempt_at <= now),
-                    and_(d.c.status == "sending", d.c.lease_until < now),
-                ),
+                d.c.status == "queued",
+                d.c.priority == priority,
+                d.c.next_attempt_at <= now,
             )
-            .order_by(case(PRIORITY_ORDER, value=d.c.priority, else_=1), d.c.next_attempt_at)
-            .limit(self._batch_for(channel))
+            .order_by(d.c.next_attempt_at)
+            for priority in PRIORITY_ORDER
+        ]
+        queries.append(
+            select(d.c.id)
+            .where(d.c.channel == channel, d.c.status == "sending", d.c.lease_until < now)
+            .order_by(d.c.lease_until)
         )
         async with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                due = due.with_for_update(skip_locked=True)
-            ids = list((await conn.execute(due)).scalars())
+            ids: list[str] = []
+            for query in queries:
+                if len(ids) >= limit:
+                    break
+                query = query.limit(limit - len(ids))
+                if conn.dialect.name == "postgresql":
+                    query = query.with_for_update(skip_locked=True)
+                ids += list((await conn.execute(query)).scalars())
             if not ids:
                 return []
             claimed = (

@@ -373,6 +373,10 @@ deliveries = Table(
     ),
     CheckConstraint("priority IN ('urgent', 'normal', 'bulk')", name="priority"),
     Index("ix_deliveries_due", "status", "next_attempt_at"),
+    # The claim: due deliveries of one channel and priority, oldest first, no sort.
+    Index("ix_deliveries_claim", "channel", "status", "priority", "next_attempt_at"),
+    Index("ix_deliveries_lease", "channel", "status", "lease_until"),
+    Index("ix_deliveries_fallback_of", "fallback_of"),
 )
 
 # --- inbound ----------------------------------------------------------------------
