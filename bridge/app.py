@@ -38,6 +38,7 @@ class Bridge:
         self.recover_now = asyncio.Event()  # look for missed inbound before the next round
         self.tasks: list[asyncio.Task[None]] = []
         self.runner: web.AppRunner | None = None
+        self.scheduler: Any = None
         self.port: int | None = None
         if settings.sms.enabled:
             from adapters import sms_twilio
@@ -93,6 +94,11 @@ class Bridge:
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
         if self.mail_listener is not None:
             await self.mail_listener.start()
+        from scheduler.jobs import Scheduler
+
+        # Housekeeping runs whether or not digests are on; the scheduler decides.
+        self.scheduler = Scheduler(self.engine, self.settings)
+        self.scheduler.start()
         self.tasks = [
             asyncio.create_task(self.inbox.run(self.stopping)),
             asyncio.create_task(self.outbox.run(self.stopping)),
@@ -155,6 +161,8 @@ class Bridge:
             await self.runner.cleanup()
         if self.mail_listener is not None:
             await self.mail_listener.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop(5)
         self.stopping.set()
         if self.tasks:
             _, pending = await asyncio.wait(self.tasks, timeout=STOP_SECONDS - 6)

@@ -189,6 +189,32 @@ async def cmd_gdpr(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_digest(args: argparse.Namespace, settings: Settings) -> int:
+    from bridge.digests import DigestError, preview_digest, run_digest
+
+    engine = await _engine(settings)
+    try:
+        if args.action == "preview":
+            text = await preview_digest(
+                engine, settings, kind=args.kind, unit_id=args.unit, day=args.date
+            )
+            sys.stdout.write(text.rstrip("\n") + "\n")
+            return 0
+        result = await run_digest(
+            engine, settings, kind=args.kind, unit_id=args.unit, day=args.date
+        )
+    except DigestError as e:
+        raise CommandError(str(e)) from None
+    finally:
+        await engine.dispose()
+    what = f"{args.kind} digest for {args.unit} on {args.date.isoformat()}"
+    if result.already:
+        print(f"{what} was already {'marked missed' if result.missed else 'sent'}; nothing sent")
+    else:
+        print(f"{what}: {result.deliveries} mails queued")
+    return 0
+
+
 async def cmd_apikey_create(args: argparse.Namespace, settings: Settings) -> int:
     from bridge.apikeys import UnknownUnit, create_api_key
 
@@ -333,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("ids", nargs="*", metavar="ID")
     r.add_argument("--dead", action="store_true", help="every dead event")
 
-    p = add("digest", _not_yet("skolebro digest"), "build and send, or preview, a digest")
+    p = add("digest", cmd_digest, "build and send, or preview, a digest")
     act = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name in ("run", "preview"):
         r = act.add_parser(name, help=f"{name} a digest")

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bridge import absences, outbox, reply_tokens, staff_notices, threads
+from bridge import absences, digests, outbox, reply_tokens, staff_notices, threads
 from bridge.config import Settings
 from bridge.directory import Child, Sender, closed_dates
 from bridge.domain import mail_content, telegram_content
@@ -475,6 +475,11 @@ async def _record(
     if not reports:
         await ctx.reply(ctx._("We could not find any child of yours here. Please call the school."))
         return
+    # A report for a day whose digest already went out (or was missed) is told at once,
+    # in this same transaction: it is in a digest or notified, never neither.
+    late = await digests.absences_needing_notice(ctx.conn, ctx.settings, ids)
+    if late:
+        await digests.notify_late_absence(ctx.conn, ctx.settings, late)
     state["last_absence"] = {"ids": ids, "at": ctx.received_at.isoformat()}
     undo = "UNDO" if ctx.lang == "en" else "ANGRE"
     await ctx.reply(

@@ -473,8 +473,8 @@ async def fall_back(conn: AsyncConnection, row: dict[str, Any]) -> list[str]:
     Opted-out channels on the way get `skipped` deliveries (unless urgent), each
     naming the one it replaces in `fallback_of`; returns the new ids.
     """
-    if not row.get("guardian_id"):
-        return []
+    if not row.get("guardian_id") or row["kind"] == "digest":
+        return []  # a digest mail is no text for another channel
     urgent = row["priority"] == "urgent"
     routes = await load_routes(conn, [row["guardian_id"]])
     plan = routes.plan(row["guardian_id"], urgent=urgent, after=row["channel"])

@@ -88,7 +88,6 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["digest", "run", "--kind", "absence", "--unit", "u-fjell", "--date", "2026-11-26"],
         ["demo"],
     ],
 )
@@ -184,3 +183,28 @@ def test_import_roster_with_bad_rows_names_them_and_exits_1(config: Path) -> Non
     assert [r["line"] for r in as_json["rejected"]] == [7, 9]
     missing = skolebro("import-roster", "/nonexistent.csv", "--config", str(config))
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_digest_preview_run_and_run_again(config: Path) -> None:
+    from tests.conftest import EXAMPLE_ROSTER
+
+    assert skolebro("import-roster", str(EXAMPLE_ROSTER), "--config", str(config)).returncode == 0
+    args = [
+        "--kind",
+        "absence",
+        "--unit",
+        "u-fjell",
+        "--date",
+        "2026-11-26",
+        "--config",
+        str(config),
+    ]
+    preview = skolebro("digest", "preview", *args)
+    assert preview.returncode == 0 and preview.stdout.strip()
+    first = skolebro("digest", "run", *args)
+    assert first.returncode == 0 and "mails queued" in first.stdout
+    again = skolebro("digest", "run", *args)
+    assert again.returncode == 0 and "already sent" in again.stdout
+    unknown = skolebro("digest", "run", "--kind", "absence", "--unit", "u-nope",
+                       "--date", "2026-11-26", "--config", str(config))  # fmt: skip
+    assert unknown.returncode == 1
