@@ -9,7 +9,10 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bridge import reply_tokens
 from bridge.config import Settings
+from bridge.digests import HELD
+from bridge.domain import mail_content
 from bridge.routing import load_routes, quiet_until
 from bridge.sms_text import MAX_SEGMENTS, sms_length
 from bridge.store import tables as t
@@ -136,7 +139,31 @@ async def create_announcement(
             "updated_at": now,
         }
         rows: list[dict[str, Any]] = []
+        tokens: list[dict[str, Any]] = []
         firsts = skipped = 0
+        held = set() if urgent else await _digest_guardians(conn, guardians)
+        domain = settings.email.reply_domain
+
+        def mail(guardian_id: str, address: str) -> str:
+            # Every mail carries a Reply-To token; bulk mail also a List-Unsubscribe.
+            local, token_row = reply_tokens.new_row(
+                recipient_kind="guardian",
+                recipient_id=guardian_id,
+                address=address,
+                days=settings.email.reply_token_days,
+                unit_id=unit_id,
+                now=now,
+            )
+            tokens.append(token_row)
+            return mail_content(
+                to=address,
+                subject=subject or str(unit_name),
+                text=text,
+                reply_to=f"{local}@{domain}",
+                from_display=str(unit_name),
+                list_unsubscribe=None if urgent else f"mailto:{local}@{domain}?subject=STOPP",
+            )
+
         for guardian_id in guardians:
             plan = routes.plan(guardian_id, urgent=urgent)
             if not plan:
@@ -148,25 +175,41 @@ async def create_announcement(
             previous = None
             for route in plan:
                 skip = route.opted_out and not urgent
-                body = text if route.channel == "email" else short
+                hold = not skip and route.channel == "email" and guardian_id in held
+                body = mail(guardian_id, route.address) if route.channel == "email" else short
                 row = _row(
                     base,
                     guardian_id,
                     route.channel,
                     route.address,
                     body,
-                    "skipped" if skip else "queued",
+                    "skipped" if skip or hold else "queued",
                     previous,
                 )
+                if hold:
+                    # One daily mail of announcements instead (the guardian's digest).
+                    row["last_error"] = HELD
                 row["segments"] = sms_segments if route.channel == "sms" else None
                 rows.append(row)
                 if previous is None:
                     firsts += 1
                 skipped += skip
                 previous = row["id"]
+        for i in range(0, len(tokens), CHUNK):
+            await conn.execute(insert(t.reply_tokens), tokens[i : i + CHUNK])
         for i in range(0, len(rows), CHUNK):
             await conn.execute(insert(t.deliveries), rows[i : i + CHUNK])
     return Created(announcement_id, firsts, skipped, not_before)
+
+
+async def _digest_guardians(conn: AsyncConnection, guardian_ids: list[str]) -> set[str]:
+    """Which of these guardians chose one daily mail of announcements."""
+    g = t.guardians
+    found: set[str] = set()
+    for i in range(0, len(guardian_ids), 500):
+        chunk = guardian_ids[i : i + 500]
+        found |= set(await conn.scalars(select(g.c.id).where(g.c.id.in_(chunk), g.c.digest)))
+    return found
 
 
 def _row(

@@ -79,7 +79,7 @@ class Bridge:
         return accepted
 
     async def record_status(self, update: StatusUpdate) -> None:
-        await outbox.record_status(self.engine, update)
+        await outbox.record_status(self.engine, self.settings, update)
 
     async def recipient_ok(self, address: str) -> bool:
         return await mail_flow.recipient_ok(self.engine, self.settings, address)

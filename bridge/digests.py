@@ -1563,7 +1563,7 @@ async def guardian_digest(conn: AsyncConnection, settings: Settings, day: date) 
         )
         if route is None or route.opted_out or route.dead:
             for held in mail.held:
-                await outbox.fall_back(conn, held)
+                await outbox.fall_back(conn, held, settings)
             await _mark_held(conn, mail, f"{HELD}:fallback")
             continue
         delivery_id = await _queue_guardian_mail(conn, settings, mail, day)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -13,9 +14,17 @@ from typing import Any, Protocol
 from sqlalchemy import and_, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bridge import metrics
+from bridge import metrics, reply_tokens
 from bridge.config import DeliverySettings, Settings
-from bridge.domain import Channel, Outgoing, SendOutcome, SendResult, StatusUpdate
+from bridge.domain import (
+    MAIL_MARKER,
+    Channel,
+    Outgoing,
+    SendOutcome,
+    SendResult,
+    StatusUpdate,
+    mail_content,
+)
 from bridge.routing import load_routes
 from bridge.sms_text import sms_length
 from bridge.store import tables as t
@@ -293,7 +302,7 @@ class OutboxWorker:
                             updated_at=now,
                         )
                     )
-                    await fall_back(conn, row)
+                    await fall_back(conn, row, self.settings)
         if stopped:
             self.wake.set()
         return [r for r in rows if r["id"] not in stopped]
@@ -436,7 +445,7 @@ class OutboxWorker:
                 if result.contact_dead:
                     await mark_contact_dead(conn, row["channel"], row["address"], result.error)
                 if values["status"] == "failed":
-                    await fall_back(conn, row)
+                    await fall_back(conn, row, self.settings)
                     self.wake.set()
         for row, _, values in outcomes:
             metrics.outbound_total.labels(channel=row["channel"], status=values["status"]).inc()
@@ -467,7 +476,7 @@ async def _opted_out(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[s
     return {r["id"] for r in candidates if (r["channel"], r["address"]) in stopped}
 
 
-async def fall_back(conn: AsyncConnection, row: dict[str, Any]) -> list[str]:
+async def fall_back(conn: AsyncConnection, row: dict[str, Any], settings: Settings) -> list[str]:
     """New deliveries on the guardian's next channels after a failed or skipped one.
 
     Opted-out channels on the way get `skipped` deliveries (unless urgent), each
@@ -493,9 +502,30 @@ async def fall_back(conn: AsyncConnection, row: dict[str, Any]) -> list[str]:
     previous = row["id"]
     for route in plan:
         body = row["body"] or ""
+        if body.startswith(MAIL_MARKER):
+            body = json.loads(body)["mail"]["text"]  # the text of a mail, for another channel
+        unit_name = None
         if announcement is not None:
-            text, unit_name = announcement
-            body = text if route.channel == "email" else f"{unit_name}: {text}"
+            body, unit_name = announcement
+            if route.channel != "email":
+                body = f"{unit_name}: {body}"
+        if route.channel == "email":
+            # Every mail carries a Reply-To token bound to its recipient.
+            local = await reply_tokens.issue(
+                conn,
+                recipient_kind="guardian",
+                recipient_id=row["guardian_id"],
+                address=route.address,
+                days=settings.email.reply_token_days,
+                thread_id=row.get("thread_id"),
+            )
+            body = mail_content(
+                to=route.address,
+                subject=row.get("subject") or "",
+                text=body,
+                reply_to=f"{local}@{settings.email.reply_domain}",
+                from_display=unit_name,
+            )
         skip = route.opted_out and not urgent
         previous = await enqueue(
             conn,
@@ -540,7 +570,7 @@ async def mark_contact_dead(
         )
 
 
-async def record_status(engine: AsyncEngine, update_: StatusUpdate) -> None:
+async def record_status(engine: AsyncEngine, settings: Settings, update_: StatusUpdate) -> None:
     """A provider's later word on a send; moves a delivery forward, never back."""
     d = t.deliveries
     now = datetime.now(UTC)
@@ -565,4 +595,4 @@ async def record_status(engine: AsyncEngine, update_: StatusUpdate) -> None:
         if update_.contact_dead and row["address"]:
             await mark_contact_dead(conn, update_.channel.value, row["address"], update_.error)
         if values["status"] == "failed":
-            await fall_back(conn, row)
+            await fall_back(conn, row, settings)

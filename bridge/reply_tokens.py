@@ -33,6 +33,33 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_row(
+    *,
+    recipient_kind: str,
+    recipient_id: str,
+    address: str,
+    days: int,
+    thread_id: str | None = None,
+    unit_id: str | None = None,
+    now: datetime | None = None,
+) -> tuple[str, dict[str, object]]:
+    """A fresh token's Reply-To local part `r-<token>` and its row, for bulk inserts."""
+    token = secrets.token_hex(16)
+    now = now or datetime.now(UTC)
+    row: dict[str, object] = {
+        "token_hash": _hash(token),
+        "recipient_kind": recipient_kind,
+        "recipient_id": recipient_id,
+        "address": address.lower(),
+        "thread_id": thread_id,
+        "unit_id": unit_id,
+        "created_at": now,
+        "expires_at": now + timedelta(days=days),
+        "revoked_at": None,
+    }
+    return PREFIX + token, row
+
+
 async def issue(
     conn: AsyncConnection,
     *,
@@ -44,22 +71,16 @@ async def issue(
     unit_id: str | None = None,
 ) -> str:
     """A fresh token; returns the Reply-To local part `r-<token>`."""
-    token = secrets.token_hex(16)
-    now = datetime.now(UTC)
-    await conn.execute(
-        insert(t.reply_tokens),
-        {
-            "token_hash": _hash(token),
-            "recipient_kind": recipient_kind,
-            "recipient_id": recipient_id,
-            "address": address.lower(),
-            "thread_id": thread_id,
-            "unit_id": unit_id,
-            "created_at": now,
-            "expires_at": now + timedelta(days=days),
-        },
+    local, row = new_row(
+        recipient_kind=recipient_kind,
+        recipient_id=recipient_id,
+        address=address,
+        days=days,
+        thread_id=thread_id,
+        unit_id=unit_id,
     )
-    return PREFIX + token
+    await conn.execute(insert(t.reply_tokens), row)
+    return local
 
 
 def token_of(local_part: str) -> str | None:

@@ -94,7 +94,9 @@ async def test_invalid_number_fails_at_once_and_falls_back_to_email(world: World
     assert failed["status"] == "failed" and failed["attempts"] == 1
     assert failed["last_error"].startswith("21211")
     assert fallback["channel"] == "email" and fallback["fallback_of"] == failed["id"]
-    assert fallback["address"] == "g1@example.no" and fallback["body"] == "Husk gymtøy"
+    assert fallback["address"] == "g1@example.no"
+    mail = json.loads(fallback["body"])["mail"]
+    assert mail["text"] == "Husk gymtøy" and mail["reply_to"].startswith("r-")
     points = await world.rows(t.contact_points, t.contact_points.c.address == mobile(1))
     assert points[0]["dead_at"] is not None
     # The next announcement passes over the dead number.
@@ -153,7 +155,9 @@ async def test_out_of_order_callbacks_keep_the_furthest_status(world: World) -> 
     (row,) = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     for late in ("sent", "queued"):
         await record_status(
-            world.bridge.engine, StatusUpdate(Channel.SMS, row["provider_id"], late)
+            world.bridge.engine,
+            world.bridge.settings,
+            StatusUpdate(Channel.SMS, row["provider_id"], late),
         )
     (row,) = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     assert row["status"] == "delivered"
@@ -237,3 +241,25 @@ async def test_retry_of_a_failed_delivery_reached_by_fallback_is_refused(world: 
 
     result = await retry(world.bridge.engine, ["dl-a"])
     assert result.queued == 0 and "fallback" in result.reasons[0]
+
+
+async def test_email_announcements_carry_reply_to_and_digest_guardians_are_held(
+    world: World,
+) -> None:
+    from sqlalchemy import update
+
+    async with world.bridge.engine.begin() as conn:
+        await conn.execute(
+            update(t.guardians).where(t.guardians.c.id == "gd-6").values(digest=True)
+        )
+    announcement_id = await announce(world, student_ids=["s-2", "s-6"], text="Aktivitetsdag")
+    rows = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
+    by_guardian = {r["guardian_id"]: r for r in rows}
+    mail = json.loads(by_guardian["gd-2"]["body"])["mail"]
+    assert mail["reply_to"].startswith("r-") and mail["reply_to"].endswith(
+        "@svar.example.kommune.no"
+    )
+    assert mail["list_unsubscribe"].startswith("mailto:r-") and mail["text"] == "Aktivitetsdag"
+    held = by_guardian["gd-6"]
+    assert (held["channel"], held["status"], held["last_error"]) == ("email", "skipped", "digest")
+    assert [r for r in rows if r["fallback_of"] == held["id"]] == []
