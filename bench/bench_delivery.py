@@ -11,7 +11,7 @@ Each figure is printed beside a baseline measured in the same run, with their ra
    database file. For scale, the same rows through SQLAlchemy Core (as the bridge inserts
    them) and through `exec_driver_sql` on the bridge's engine. The roster import before
    it is timed separately and is not part of any figure.
-2. Dispatch against zero latency: `OutboxWorker.run_once()` rounds over `--dispatch`
+2. Dispatch against zero latency: `OutboxWorker.run()` (its lanes of rounds) over `--dispatch`
    deliveries of that queue, (a) with an in-process null sender (SENT at once: the
    engine's own ceiling, and the baseline), (b) with the real `TwilioSender` against
    `FakeTwilio` in a subprocess (status callbacks off), so that the fake's CPU is not
@@ -358,33 +358,39 @@ async def dispatch(
     batch: int = BATCH,
     concurrency: int = CONCURRENCY,
 ) -> Dispatch:
-    """`run_once()` rounds until n deliveries were handled; sends and results recorded."""
+    """The worker's own loop (its overlapping rounds) until n deliveries were sent."""
     await top_up(engine, settings, n)
     sent_before = await count(engine, "sent")
     worker = OutboxWorker(engine, settings, {"sms": sender}, batch=batch, concurrency=concurrency)
     claim = worker.claim
     claiming = 0.0
+    rounds = 0
 
     async def timed_claim(channel: str) -> list[dict[str, Any]]:
-        nonlocal claiming
+        nonlocal claiming, rounds
         t0 = time.perf_counter()
         try:
-            return await claim(channel)
+            got = await claim(channel)
+            rounds += bool(got)
+            return got
         finally:
             claiming += time.perf_counter() - t0
 
     worker.claim = timed_claim  # type: ignore[method-assign]
-    handled = rounds = 0
+    stop = asyncio.Event()
     cpu0, t0 = time.process_time(), time.perf_counter()
-    while handled < n:
-        got = await worker.run_once()
-        if not got:
-            raise RuntimeError("the queue ran dry")
-        handled += got
-        rounds += 1
+    task = asyncio.create_task(worker.run(stop))
+    sent = 0
+    while sent < n:
+        await asyncio.sleep(0.05)
+        sent = await count(engine, "sent") - sent_before
+        if task.done():
+            raise RuntimeError("the worker stopped")
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    sent = await count(engine, "sent") - sent_before
-    return Dispatch(sent, handled - sent, elapsed, cpu, rounds, claiming)
+    stop.set()
+    await task
+    handled = await count(engine, "sent") - sent_before
+    return Dispatch(sent, max(handled - sent, 0), elapsed, cpu, rounds, claiming)
 
 
 class QuietFakeTwilio(FakeTwilio):

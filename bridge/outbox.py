@@ -106,6 +106,7 @@ async def retry(engine: AsyncEngine, ids: list[str], *, all_dead: bool = False) 
 # A send may take this long (the adapters' request timeouts are 15-30 s): a lease with
 # less left is renewed before the call, so no other worker can take it mid-send.
 SEND_MARGIN = timedelta(seconds=35)
+LANES = 2  # rounds in flight per channel
 PRIORITY_ORDER = {"urgent": 0, "normal": 1, "bulk": 2}
 # Status moves forward only; failed and dead are terminal (SPEC section 8).
 RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3}
@@ -229,6 +230,9 @@ class OutboxWorker:
             "email": RateLimit(settings.email.max_per_second),
         }
         self.lease = timedelta(seconds=settings.delivery.lease_seconds)
+        # Shared by a channel's rounds: two rounds overlap (one claims and records while
+        # the other sends), and together they never exceed the concurrency limit.
+        self.slots = {channel: asyncio.Semaphore(concurrency) for channel in self.limits}
 
     def _batch_for(self, channel: str) -> int:
         # About two seconds of sending: a rate-limited channel holds few leases at once.
@@ -316,7 +320,7 @@ class OutboxWorker:
         claimed = await self.claim(channel)
         if not claimed:
             return 0
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = self.slots[channel]
         results: list[tuple[dict[str, Any], SendResult]] = []
         flushing = asyncio.Lock()
 
@@ -338,7 +342,9 @@ class OutboxWorker:
         return len(claimed)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(*(self._loop(channel, stop) for channel in self.senders))
+        await asyncio.gather(
+            *(self._loop(channel, stop) for channel in self.senders for _lane in range(LANES))
+        )
 
     async def _loop(self, channel: str, stop: asyncio.Event) -> None:
         while not stop.is_set():
