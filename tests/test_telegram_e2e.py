@@ -84,3 +84,35 @@ async def test_blocked_bot_falls_back_to_sms(world: World) -> None:
     telegram = next(r for r in per if r["channel"] == "telegram")
     sms = next(r for r in per if r["channel"] == "sms")
     assert telegram["status"] == "failed" and sms["fallback_of"] == telegram["id"]
+
+
+async def _press_latest(world: World, data: str) -> None:
+    """Press the button with `data` on the bot's latest message that has it."""
+    assert world.telegram is not None
+    for message in reversed(world.telegram.sent[CHAT]):
+        rows = (message.reply_markup or {}).get("inline_keyboard", [])
+        if any(b.get("callback_data") == data for row in rows for b in row):
+            world.telegram.press_button(CHAT, message.message_id, data)
+            return
+    raise AssertionError(f"no button {data}")
+
+
+async def test_absence_by_buttons_for_ola_at_school_and_sfo(world: World) -> None:
+    assert world.telegram is not None
+    await link_per(world)
+    seen = len(chat_texts(world))
+    world.telegram.send_command(CHAT, "fravaer")
+    for step in ("f:child:1", "f:unit:2", "f:day:0", "f:reason:0"):  # Ola, both, today, ill
+        await eventually(lambda before=seen: len(chat_texts(world)) > before)
+        seen = len(chat_texts(world))
+        await _press_latest(world, step)
+    absences = await eventually(lambda: world.rows(t.absences))
+    assert {(a["student_id"], a["unit_id"]) for a in absences} == {
+        ("s-ola", "u-fjell"),
+        ("s-ola", "u-fjell-sfo"),
+    }
+    assert {a["channel"] for a in absences} == {"telegram"}
+    confirmation = await eventually(
+        lambda: [x for x in chat_texts(world) if "SFO" in x and "Ola" in x]
+    )
+    assert "ANGRE" in confirmation[-1]
