@@ -9,7 +9,7 @@ answer to a forged sender would be backscatter (SPEC section 5).
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select
@@ -28,6 +28,7 @@ from bridge.store import tables as t
 from bridge.understand import redact
 
 log = logging.getLogger("skolebro.mail")
+ANSWER_WINDOW = timedelta(hours=24)
 
 
 def _split(address: str) -> tuple[str, str]:
@@ -171,17 +172,22 @@ async def deliver_to_guardian(
     """Send a staff message to the thread's guardian on the channel they last wrote on
     in that thread, else their first open channel; returns the delivery id."""
     m = t.messages
-    last = await conn.scalar(
-        select(m.c.channel)
-        .where(m.c.thread_id == thread["id"], m.c.direction == "in")
-        .order_by(m.c.sent_at.desc())
-        .limit(1)
-    )
+    last = (
+        await conn.execute(
+            select(m.c.channel, m.c.sent_at)
+            .where(m.c.thread_id == thread["id"], m.c.direction == "in")
+            .order_by(m.c.sent_at.desc())
+            .limit(1)
+        )
+    ).first()
     routes = (await load_routes(conn, [thread["guardian_id"]])).by_guardian.get(
         thread["guardian_id"], []
     )
-    usable = [r for r in routes if not r.dead]
-    route = next((r for r in usable if r.channel == last), None) or next(
+    # An opted-out channel still carries an answer within 24 hours of the guardian's
+    # own message there (SPEC section 8); later, only an open channel will do.
+    recent = last is not None and datetime.now(UTC) - last.sent_at <= ANSWER_WINDOW
+    usable = [r for r in routes if not r.dead and (recent or not r.opted_out)]
+    route = next((r for r in usable if last and r.channel == last.channel), None) or next(
         (r for r in usable if not r.opted_out), None
     )
     if route is None:

@@ -181,3 +181,26 @@ async def test_sensitive_staff_reply_is_not_sent(world: World) -> None:
     )
     assert "ikke sendt" in str(told[0]["Subject"])
     assert not [r for r in world.replies_to(KJERSTI) if "vondt" in r]
+
+
+async def test_staff_reply_after_a_day_skips_a_stopped_channel(world: World) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    await world.text(KJERSTI, "Hei! Ola skal ha med kake på fredag.")
+    notice = (await eventually(lambda: mails_to(world, "lise.berg@example.kommune.no")))[0]
+    await world.text(KJERSTI, "STOPP")
+    await eventually(lambda: [r for r in world.replies_to(KJERSTI) if "START" in r])
+    async with world.bridge.engine.begin() as conn:  # the parent wrote two days ago
+        await conn.execute(update(t.messages).values(sent_at=datetime.now(UTC) - timedelta(days=2)))
+    sms_before = len(world.replies_to(KJERSTI))
+    await send_mail(
+        world, sender="lise.berg@example.kommune.no", to=notice["Reply-To"], body="Det går fint!"
+    )
+    # Kjersti's order is sms;email: the stopped SMS is passed over for e-mail.
+    reply = await eventually(
+        lambda: [m for m in mails_to(world, "kjersti.nordmann@example.no")
+                 if "Det går fint" in m.get_body(("plain",)).get_content()]
+    )  # fmt: skip
+    assert reply and len(world.replies_to(KJERSTI)) == sms_before
