@@ -40,7 +40,7 @@ api_base_url = "{twilio.base_url}"
 max_per_second = 2000
 [delivery]
 quiet_hours = ""
-lease_seconds = 40
+lease_seconds = 120
 backoff_initial_seconds = 0.1
 """,
     )
@@ -50,7 +50,7 @@ def _start(cfg: Path, port: int) -> subprocess.Popen[bytes]:
     return start_bridge(cfg, port, {"FANOUT_TWILIO_TOKEN": TOKEN})
 
 
-async def _wait_until_settled(database_url: str, count: int, within: float = 180) -> dict[str, int]:
+async def _wait_until_settled(database_url: str, count: int, within: float = 480) -> dict[str, int]:
     engine = create_engine(database_url)
     try:
         deadline = time.monotonic() + within
@@ -142,7 +142,7 @@ async def test_two_processes_share_the_outbox_without_sending_twice(
             out = skolebro("announce", "--unit", "u-fjell", "--text", "Husk refleksvest",
                            "--json", "--config", str(cfgs[0]))  # fmt: skip
             assert json.loads(out.stdout)["deliveries"] == recipients
-            statuses = await _wait_until_settled(database_url, recipients, within=300)
+            statuses = await _wait_until_settled(database_url, recipients)
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
