@@ -50,9 +50,16 @@ def parse_received_at(value: Any) -> datetime:
     if not isinstance(value, str):
         raise InvalidRequest("received_at: expected an ISO 8601 date-time string")
     try:
-        return datetime.fromisoformat(value.strip())
+        when = datetime.fromisoformat(value.strip())
     except ValueError:
         raise InvalidRequest(f"received_at: not an ISO 8601 date-time: {value[:40]!r}") from None
+    if not _MIN_YEAR <= when.year <= _MAX_YEAR:
+        # Near year 1 or 9999 converting to the time zone or counting days on overflows.
+        raise InvalidRequest(f"received_at: year {when.year} is out of range")
+    return when
+
+
+_MIN_YEAR, _MAX_YEAR = 2, 9997
 
 
 def understand(
