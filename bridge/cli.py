@@ -274,11 +274,13 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return await run_bridge(settings)
 
 
-def _not_yet(what: str) -> Handler:
-    async def handler(args: argparse.Namespace, settings: Settings) -> int:
-        raise CommandError(f"{what} is not available yet")
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from bridge.demo.run import DemoError, run_demo
 
-    return handler
+    try:
+        return await run_demo(args.port, args.dir)
+    except DemoError as e:
+        raise CommandError(str(e)) from None
 
 
 # --- the parser -------------------------------------------------------------------
@@ -313,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "run the bridge until SIGINT/SIGTERM")
 
-    p = add("demo", _not_yet("skolebro demo"), "a working bridge to try in the browser")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--dir", default=None)
+    p = add("demo", cmd_demo, "a working bridge to try in the browser")
+    p.add_argument("--port", type=int, default=8000, help="the page's port (0: any free port)")
+    p.add_argument("--dir", default=None, help="folder for the demo's files (default: a new one)")
 
     add("understand", None, "JSON lines in, understood JSON lines out (SPEC section 6)")
 

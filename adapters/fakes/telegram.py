@@ -509,6 +509,14 @@ class FakeTelegram(LoopbackFake):
         """Update ids not yet confirmed (by a getUpdates offset or a 2xx webhook answer)."""
         return [u["update_id"] for u in self._queue if isinstance(u.get("update_id"), int)]
 
+    def history(self, chat_id: int) -> list[dict[str, Any]]:
+        """Every message in the chat, the user's and the bot's, oldest first (Telegram's
+        JSON, as it reads now); empty for an unknown chat."""
+        chat = self._chats.get(chat_id)
+        if chat is None:
+            return []
+        return [copy.deepcopy(chat.messages[k]) for k in sorted(chat.messages)]
+
     def message(self, chat_id: int, message_id: int) -> dict[str, Any] | None:
         """A message as the chat holds it (Telegram's JSON), or None."""
         chat = self._chats.get(chat_id)
