@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# Until `skolebro demo` exists: the bridge on the embedded database with the example roster.
-demo: run
+# The bridge, a demo municipality and the loopback fakes, with a page to play them on.
+DEMO_PORT ?= 8000
+demo: venv
+	$(BIN)/skolebro demo --port $(DEMO_PORT)
+
+# The bridge on the embedded database with the example roster and config.example.toml.
 run: venv
 	$(BIN)/skolebro --config $(CONFIG) init
 	$(BIN)/skolebro --config $(CONFIG) import-roster tests/data/example.csv
@@ -26,6 +30,7 @@ run: venv
 
 test: venv
 	bash .ci/services
+	bash .ci/browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy bridge
