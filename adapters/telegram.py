@@ -155,8 +155,8 @@ def clean(value: str) -> str:
 
 def update_id_of(update: Any) -> int | None:
     """The update's id, or None when it has no usable one."""
-    uid = update.get("update_id") if isinstance(update, Mapping) else None
-    return uid if isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0 else None
+    uid = _int(update.get("update_id")) if isinstance(update, Mapping) else None
+    return uid if uid is not None and uid >= 0 else None
 
 
 def event_from_update(update: Mapping[str, Any], received_at: datetime) -> InboundEvent | None:
@@ -263,8 +263,14 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+# Telegram's ids are 64-bit signed integers at most; a larger number is no Telegram id
+# (and would overflow the store's BIGINT when processed).
+_INT64 = 2**63
+
+
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    ok = isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64
+    return value if ok else None
 
 
 def _str(value: Any) -> str | None:
