@@ -1,4 +1,8 @@
-"""Absence reports: record, withdraw (cancel or split), undo."""
+"""Absence reports: record, withdraw (cancel or split), undo.
+
+Every change also queues the school's webhooks for the unit (`bridge.school_webhooks`),
+in the same transaction.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bridge import school_webhooks
+from bridge.config import Settings
 from bridge.store import tables as t
 from bridge.store.ids import new_id
 
@@ -28,6 +34,7 @@ class Report:
 
 async def record(
     conn: AsyncConnection,
+    settings: Settings,
     reports: list[Report],
     *,
     reported_by: str | None,
@@ -60,24 +67,33 @@ async def record(
         }
         for r in reports
     ]
+    ids = [str(r["id"]) for r in rows]
     if rows:
         await conn.execute(insert(t.absences), rows)
-    return [str(r["id"]) for r in rows]
+        await school_webhooks.absences_changed(conn, settings, ids, school_webhooks.RECORDED)
+    return ids
 
 
-async def cancel_ids(conn: AsyncConnection, ids: list[str]) -> int:
+async def cancel_ids(conn: AsyncConnection, settings: Settings, ids: list[str]) -> int:
     """Cancel these reports (undo); returns how many were still active."""
     a = t.absences
-    result = await conn.execute(
-        update(a)
-        .where(a.c.id.in_(ids), a.c.status == "active")
-        .values(status="cancelled", updated_at=datetime.now(UTC))
+    cancelled = list(
+        (
+            await conn.execute(
+                update(a)
+                .where(a.c.id.in_(ids), a.c.status == "active")
+                .values(status="cancelled", updated_at=datetime.now(UTC))
+                .returning(a.c.id)
+            )
+        ).scalars()
     )
-    return int(result.rowcount or 0)
+    await school_webhooks.absences_changed(conn, settings, cancelled, school_webhooks.CANCELLED)
+    return len(cancelled)
 
 
 async def withdraw(
     conn: AsyncConnection,
+    settings: Settings,
     *,
     guardian_ids: tuple[str, ...],
     student_id: str,
@@ -108,6 +124,7 @@ async def withdraw(
     )
     now = datetime.now(UTC)
     cancelled: list[str] = []
+    remaining: list[str] = []
     one_day = timedelta(days=1)
     for row in rows:
         start, end = row["from_date"], row["to_date"]
@@ -136,11 +153,13 @@ async def withdraw(
                 cancelled.append(row["id"])
                 first = False
                 continue
+            piece_id = new_id("ab")
+            remaining.append(piece_id)
             await conn.execute(
                 insert(a),
                 {
                     **keep,
-                    "id": new_id("ab"),
+                    "id": piece_id,
                     "from_date": lo,
                     "to_date": hi,
                     "status": status,
@@ -149,4 +168,6 @@ async def withdraw(
                     "updated_at": now,
                 },
             )
+    await school_webhooks.absences_changed(conn, settings, cancelled, school_webhooks.CANCELLED)
+    await school_webhooks.absences_changed(conn, settings, remaining, school_webhooks.RECORDED)
     return cancelled

@@ -61,6 +61,10 @@ class Bridge:
             self.senders["telegram"] = self.telegram_sender
             if settings.telegram.mode == "webhook":
                 self.app.add_routes(telegram.routes(settings, self.accept))
+        if settings.webhooks:
+            from adapters.webhook import WebhookSender
+
+            self.senders["webhook"] = WebhookSender(settings)
         self.callback_answers: set[asyncio.Task[Any]] = set()
         self.outbox = outbox.OutboxWorker(self.engine, settings, self.senders)
         add_api(self.app, self.engine, settings, on_outbound=self.outbox.wake.set)

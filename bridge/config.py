@@ -137,13 +137,11 @@ class Settings:
 
     def secret(self, section: str, key: str) -> str:
         """The secret that `[section] key` (a `*_env` key) names; ConfigError when unset."""
-        env_name = getattr(getattr(self, section), key)
-        value = os.environ.get(env_name, "") if env_name else ""
-        if not value:
-            raise ConfigError(
-                f"{section}.{key}: environment variable {env_name or '(none)'} is not set"
-            )
-        return value
+        return _env_secret(f"{section}.{key}", getattr(getattr(self, section), key))
+
+    def webhook_secret(self, index: int) -> str:
+        """The shared secret of the `index`-th `[[webhooks]]` entry."""
+        return _env_secret(f"webhooks[{index}].secret_env", self.webhooks[index].secret_env)
 
     def require_channel_secrets(self, *channels: str) -> None:
         """Check the secrets of the enabled channels a command is going to use."""
@@ -312,3 +310,10 @@ def load_config(path: str | Path | None = None) -> Settings:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {p}: {e}") from None
     return parse_config(text, base_dir=p.resolve().parent, source=str(p))
+
+
+def _env_secret(key: str, env_name: str) -> str:
+    value = os.environ.get(env_name, "") if env_name else ""
+    if not value:
+        raise ConfigError(f"{key}: environment variable {env_name or '(none)'} is not set")
+    return value

@@ -463,6 +463,7 @@ async def _record(
             continue
         ids += await absences.record(
             ctx.conn,
+            ctx.settings,
             child_reports,
             reported_by=ctx.sender.guardian_for(child.student_id),
             channel=ctx.channel,
@@ -495,7 +496,7 @@ async def _record(
 async def _undo(ctx: Context, state: dict[str, Any], now: datetime) -> None:
     last = state.get("last_absence")
     if last and _fresh(last.get("at"), UNDO_WINDOW, now):
-        count = await absences.cancel_ids(ctx.conn, list(last.get("ids", [])))
+        count = await absences.cancel_ids(ctx.conn, ctx.settings, list(last.get("ids", [])))
         state.pop("last_absence", None)
         await _save_state(ctx, state)
         if count:
@@ -519,6 +520,7 @@ async def _withdraw(
             if unit_id:
                 done += await absences.withdraw(
                     ctx.conn,
+                    ctx.settings,
                     guardian_ids=ctx.sender.guardian_ids,
                     student_id=child.student_id,
                     unit_id=unit_id,

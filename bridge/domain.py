@@ -19,6 +19,7 @@ class Channel(StrEnum):
     TELEGRAM = "telegram"
     EMAIL = "email"
     API = "api"
+    WEBHOOK = "webhook"  # the school's own system ([[webhooks]]), outbound only
 
 
 @dataclass(frozen=True)

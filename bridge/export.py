@@ -103,7 +103,8 @@ async def export_deliveries(
 ) -> list[dict[str, Any]]:
     """Deliveries, optionally of one announcement, in creation order."""
     d = t.deliveries
-    query = select(d).order_by(d.c.created_at, d.c.id)
+    # The school's webhooks are the school's own plumbing, not messages to guardians.
+    query = select(d).where(d.c.channel != "webhook").order_by(d.c.created_at, d.c.id)
     if announcement_id:
         query = query.where(d.c.announcement_id == announcement_id)
     async with engine.connect() as conn:

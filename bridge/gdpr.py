@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -146,6 +147,7 @@ async def erase_guardian(engine: AsyncEngine, guardian_id: str) -> dict[str, int
                 .values(address=None, body=None, subject=None)
             )
         ).rowcount or 0
+        counts["webhooks"] = await _erase_from_webhooks(conn, guardian_id)
         await conn.execute(
             delete(t.telegram_links).where(t.telegram_links.c.guardian_id == guardian_id)
         )
@@ -200,3 +202,30 @@ async def erase_guardian(engine: AsyncEngine, guardian_id: str) -> dict[str, int
              "detail": counts},
         )  # fmt: skip
     return counts
+
+
+async def _erase_from_webhooks(conn: AsyncConnection, guardian_id: str) -> int:
+    """Webhook notices about the guardian's reports lose who reported them and the text,
+    as the reports themselves do; queued ones are still sent, without them."""
+    d = t.deliveries
+    marker = json.dumps({"reported_by": guardian_id})[1:-1]  # '"reported_by": "<id>"'
+    rows = (
+        await conn.execute(
+            select(d.c.id, d.c.body).where(
+                d.c.kind == "webhook", d.c.body.contains(marker, autoescape=True)
+            )
+        )
+    ).all()
+    erased = 0
+    for delivery_id, body in rows:
+        notice = json.loads(body)
+        if notice["absence"].get("reported_by") != guardian_id:
+            continue
+        notice["absence"].update(reported_by=None, note=None)
+        erased += 1
+        await conn.execute(
+            update(d)
+            .where(d.c.id == delivery_id)
+            .values(body=json.dumps(notice, ensure_ascii=False))
+        )
+    return erased

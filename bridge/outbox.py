@@ -111,6 +111,7 @@ PRIORITY_ORDER = {"urgent": 0, "normal": 1, "bulk": 2}
 # Status moves forward only; failed and dead are terminal (SPEC section 8).
 RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3}
 TERMINAL = ("delivered", "failed", "dead", "skipped")
+WEBHOOK_PER_SECOND = 20  # the school's own system: no provider limit, but be gentle
 
 
 async def enqueue(
@@ -228,6 +229,7 @@ class OutboxWorker:
             "sms": RateLimit(settings.sms.max_per_second),
             "telegram": RateLimit(settings.telegram.max_per_second),
             "email": RateLimit(settings.email.max_per_second),
+            "webhook": RateLimit(WEBHOOK_PER_SECOND),
         }
         self.lease = timedelta(seconds=settings.delivery.lease_seconds)
         # Shared by a channel's rounds: two rounds overlap (one claims and records while

@@ -353,6 +353,7 @@ class Handlers:
             now = datetime.now(UTC)
             (absence_id,) = await absence_store.record(
                 conn,
+                self.settings,
                 [
                     absence_store.Report(
                         student_id=student_id,
