@@ -36,6 +36,10 @@ MAX_DEPTH = 30
 # a parent's HTML mail is a few kilobytes, a newsletter a few hundred.
 MAX_HTML_CHARS = 400_000
 MAX_ATTACHMENTS_LISTED = 100
+# Quote marks written before a line of HTML-only mail, however deep its <blockquote>s: a
+# deeper quote is a quote all the same, and a mark per level let 1000 nested blockquotes
+# turn 112 KB of HTML into 40 MB of text (each <br> became a line of 2000 characters).
+MAX_QUOTE_MARKS = 10
 
 _BOUNDARY_PARAM = re.compile(rb"boundary[ \t]*=")  # on lower-cased bytes
 _MSGID = re.compile(r"<([^<>\s]+)>")
@@ -450,7 +454,7 @@ class _HtmlText(HTMLParser):
     def _break(self) -> None:
         joined = "".join(self.line)
         text = joined.rstrip() if self.pre else joined.strip()
-        prefix = "> " * self.line_quote
+        prefix = "> " * min(self.line_quote, MAX_QUOTE_MARKS)
         self.lines.append((prefix + text).rstrip())
         self._new_line()
 

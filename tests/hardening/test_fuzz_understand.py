@@ -41,7 +41,9 @@ WORDS = [
     "HJELP", "ANGRE", "?", ".", "!", "🤒", "\u202e", "\x00", "\r\n", "–", "-", "og",
 ]  # fmt: skip
 
-JSON_SCALAR = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+JSON_SCALAR = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+)
 JSON = st.recursive(
     JSON_SCALAR,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
