@@ -60,6 +60,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_free_or_fail(port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise busy(port, e) from None
+
+
+def busy(port: int, e: OSError) -> DemoError:
+    return DemoError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); try --port 0")
+
+
 def demo_config(
     directory: Path, bridge_port: int, twilio_url: str, telegram_url: str, smtp_port: int
 ) -> str:
@@ -123,6 +135,8 @@ async def run_demo(port: int, directory: str | None) -> int:
     logging.getLogger("twilio").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the page polls
 
+    if port:
+        port_free_or_fail(port)  # before minutes of set-up, not after
     folder = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="skolebro-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     municipality = generate()
@@ -175,9 +189,7 @@ async def run_demo(port: int, directory: str | None) -> int:
             try:
                 await site.start()
             except OSError as e:
-                raise DemoError(
-                    f"cannot listen on 127.0.0.1:{port} ({e.strerror}); try --port 0"
-                ) from None
+                raise busy(port, e) from None
             page_port = int(page_runner.addresses[0][1])
             link_telegram_parents(parts)
             print(f"skolebro demo: a bridge with a demo municipality; files in {folder}")
