@@ -6,17 +6,36 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Insert,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    case,
+    false,
+    func,
+    insert,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge import reply_tokens
 from bridge.config import Settings
 from bridge.digests import HELD
 from bridge.domain import mail_content
-from bridge.routing import load_routes, quiet_until
+from bridge.routing import planned_routes, quiet_until
 from bridge.sms_text import MAX_SEGMENTS, sms_length
 from bridge.store import tables as t
 from bridge.store.ids import new_id
+from bridge.store.tables import UTCDateTime
 
 CHUNK = 5000
 
@@ -35,8 +54,11 @@ class Created:
 
 async def _recipients(
     conn: AsyncConnection, unit_id: str, group_ids: list[str], student_ids: list[str]
-) -> list[str]:
-    """Guardian ids, each once, in roster order: the union of the groups and students."""
+) -> Select[tuple[str]]:
+    """The guardians' ids: the union of the groups and students, each guardian once.
+
+    Refuses unknown units, groups and students; each guardian is selected once.
+    """
     s, sg, gs, g = t.students, t.student_groups, t.guardian_students, t.guardians
     if not await conn.scalar(select(t.units.c.id).where(t.units.c.id == unit_id)):
         raise AnnouncementError(f"unknown unit: {unit_id}")
@@ -69,19 +91,14 @@ async def _recipients(
         if student_ids:
             conditions.append(s.c.id.in_(student_ids))
         students = students.where(or_(*conditions))
-    query = (
-        select(g.c.id, g.c.roster_order)
-        .where(
-            g.c.active.is_(True),
-            g.c.id.in_(
-                select(gs.c.guardian_id).where(
-                    gs.c.student_id.in_(students), gs.c.restricted.is_(False)
-                )
-            ),
-        )
-        .order_by(g.c.roster_order, g.c.id)
+    return select(g.c.id).where(
+        g.c.active.is_(True),
+        g.c.id.in_(
+            select(gs.c.guardian_id).where(
+                gs.c.student_id.in_(students), gs.c.restricted.is_(False)
+            )
+        ),
     )
-    return [r.id for r in await conn.execute(query)]
 
 
 async def create_announcement(
@@ -103,8 +120,17 @@ async def create_announcement(
     not_before = None if urgent else quiet_until(now, settings.delivery.quiet_hours, settings.tz)
     announcement_id = new_id("an")
     async with engine.begin() as conn:
-        guardians = await _recipients(conn, unit_id, group_ids or [], student_ids or [])
-        unit_name = await conn.scalar(select(t.units.c.name).where(t.units.c.id == unit_id))
+        who = await _recipients(conn, unit_id, group_ids or [], student_ids or [])
+        # Worked out once for the whole fan-out (the database would otherwise redo it
+        # for each channel).
+        recipients = who.cte("recipients").prefix_with("MATERIALIZED")
+        unit_name = str(await conn.scalar(select(t.units.c.name).where(t.units.c.id == unit_id)))
+        short = f"{unit_name}: {text}"
+        sms_segments = sms_length(short).segments
+        if sms_segments > MAX_SEGMENTS:
+            raise AnnouncementError(
+                f"the text is too long for SMS ({sms_segments} segments, at most {MAX_SEGMENTS})"
+            )
         await conn.execute(
             insert(t.announcements),
             {
@@ -119,121 +145,151 @@ async def create_announcement(
                 "created_at": now,
             },
         )
-        routes = await load_routes(conn, guardians)
-        short = f"{unit_name}: {text}"
-        sms_segments = sms_length(short).segments
-        if sms_segments > MAX_SEGMENTS:
-            raise AnnouncementError(
-                f"the text is too long for SMS ({sms_segments} segments, at most {MAX_SEGMENTS})"
-            )
-        base: dict[str, Any] = {
-            "kind": "announcement",
-            "announcement_id": announcement_id,
-            "staff_id": None,
-            "thread_id": None,
-            "subject": subject or unit_name,
-            "priority": "urgent" if urgent else "bulk",
-            "attempts": 0,
-            "next_attempt_at": not_before or now,
-            "created_at": now,
-            "updated_at": now,
-        }
-        rows: list[dict[str, Any]] = []
-        tokens: list[dict[str, Any]] = []
-        firsts = skipped = 0
-        held = set() if urgent else await _digest_guardians(conn, guardians)
-        domain = settings.email.reply_domain
-
-        def mail(guardian_id: str, address: str) -> str:
-            # Every mail carries a Reply-To token; bulk mail also a List-Unsubscribe.
-            local, token_row = reply_tokens.new_row(
-                recipient_kind="guardian",
-                recipient_id=guardian_id,
-                address=address,
-                days=settings.email.reply_token_days,
-                unit_id=unit_id,
-                now=now,
-            )
-            tokens.append(token_row)
-            return mail_content(
-                to=address,
-                subject=subject or str(unit_name),
-                text=text,
-                reply_to=f"{local}@{domain}",
-                from_display=str(unit_name),
-                list_unsubscribe=None if urgent else f"mailto:{local}@{domain}?subject=STOPP",
-            )
-
-        for guardian_id in guardians:
-            plan = routes.plan(guardian_id, urgent=urgent)
-            if not plan:
-                # No channel can be tried at all: one skipped delivery says so.
-                rows.append(_row(base, guardian_id, None, None, "", "skipped", None))
-                firsts += 1
-                skipped += 1
-                continue
-            previous = None
-            for route in plan:
-                skip = route.opted_out and not urgent
-                hold = not skip and route.channel == "email" and guardian_id in held
-                body = mail(guardian_id, route.address) if route.channel == "email" else short
-                row = _row(
-                    base,
-                    guardian_id,
-                    route.channel,
-                    route.address,
-                    body,
-                    "skipped" if skip or hold else "queued",
-                    previous,
-                )
-                if hold:
-                    # One daily mail of announcements instead (the guardian's digest).
-                    row["last_error"] = HELD
-                row["segments"] = sms_segments if route.channel == "sms" else None
-                rows.append(row)
-                if previous is None:
-                    firsts += 1
-                skipped += skip
-                previous = row["id"]
-        for i in range(0, len(tokens), CHUNK):
-            await conn.execute(insert(t.reply_tokens), tokens[i : i + CHUNK])
-        for i in range(0, len(rows), CHUNK):
-            await conn.execute(insert(t.deliveries), rows[i : i + CHUNK])
+        fan_out = _FanOut(announcement_id, urgent, short, sms_segments, subject or unit_name)
+        plan = await planned_routes(conn, recipients, urgent=urgent, id_prefix=_id_prefix("dl"))
+        await conn.execute(fan_out.insert(plan, not_before or now, now))
+        await _write_mails(
+            conn,
+            settings,
+            announcement_id=announcement_id,
+            unit_id=unit_id,
+            unit_name=unit_name,
+            subject=subject or unit_name,
+            text=text,
+            urgent=urgent,
+            now=now,
+        )
+        firsts, skipped = await _counts(conn, announcement_id)
     return Created(announcement_id, firsts, skipped, not_before)
 
 
-async def _digest_guardians(conn: AsyncConnection, guardian_ids: list[str]) -> set[str]:
-    """Which of these guardians chose one daily mail of announcements."""
-    g = t.guardians
-    found: set[str] = set()
-    for i in range(0, len(guardian_ids), 500):
-        chunk = guardian_ids[i : i + 500]
-        found |= set(await conn.scalars(select(g.c.id).where(g.c.id.in_(chunk), g.c.digest)))
-    return found
+@dataclass(frozen=True)
+class _FanOut:
+    """The deliveries of one announcement, written by one INSERT ... SELECT.
+
+    Each guardian's planned routes (`routing.planned_routes`) become a chain of
+    deliveries: opted-out channels `skipped`, each next one naming the one before in
+    `fallback_of`. A guardian with nothing to try gets one `skipped` delivery on channel
+    `none`. A digest guardian's e-mail is held (`skipped`, last_error HELD) for their daily
+    mail of announcements, unless the announcement is urgent. E-mail bodies carry a reply
+    token each and are written afterwards by `_write_mails`.
+    """
+
+    announcement_id: str
+    urgent: bool
+    short: str  # the SMS and Telegram text
+    sms_segments: int
+    subject: str
+
+    def insert(self, plan: CompoundSelect[Any], due: datetime, now: datetime) -> Insert:
+        g, d = t.guardians, t.deliveries
+        route = plan.subquery("plan")
+        nothing_open = route.c.channel.is_(None)
+        digest = false() if self.urgent else g.c.digest
+        held = and_(route.c.channel == "email", digest, not_(route.c.opted_out))
+        values: dict[str, ColumnElement[Any]] = {
+            "id": route.c.id,
+            "kind": literal("announcement", Text),
+            "announcement_id": literal(self.announcement_id, Text),
+            "guardian_id": route.c.guardian_id,
+            "channel": func.coalesce(route.c.channel, "none"),
+            "address": route.c.address,
+            "subject": literal(self.subject, Text),
+            "body": case(
+                (nothing_open, ""), (route.c.channel == "email", null()), else_=self.short
+            ),
+            "priority": literal("urgent" if self.urgent else "bulk", Text),
+            "status": case(
+                (nothing_open, "skipped"),
+                (route.c.opted_out, "skipped"),
+                (held, "skipped"),
+                else_="queued",
+            ),
+            "attempts": literal(0),
+            "next_attempt_at": literal(due, UTCDateTime()),
+            "last_error": case((nothing_open, "no open channel"), (held, HELD), else_=null()),
+            "segments": case((route.c.channel == "sms", self.sms_segments), else_=null()),
+            "fallback_of": route.c.fallback_of,
+            "created_at": literal(now, UTCDateTime()),
+            "updated_at": literal(now, UTCDateTime()),
+        }
+        rows = select(*(v.label(k) for k, v in values.items())).select_from(
+            route.join(g, g.c.id == route.c.guardian_id)
+        )
+        return insert(d).from_select(list(values), rows)
 
 
-def _row(
-    base: dict[str, Any],
-    guardian_id: str,
-    channel: str | None,
-    address: str | None,
-    body: str,
-    status: str,
-    fallback_of: str | None,
-) -> dict[str, Any]:
-    return {
-        **base,
-        "id": new_id("dl"),
-        "guardian_id": guardian_id,
-        "channel": channel or "none",
-        "address": address,
-        "body": body,
-        "status": status,
-        "last_error": "no open channel" if channel is None else None,
-        "provider_id": None,
-        "fallback_of": fallback_of,
-        "segments": None,
-    }
+async def _write_mails(
+    conn: AsyncConnection,
+    settings: Settings,
+    *,
+    announcement_id: str,
+    unit_id: str,
+    unit_name: str,
+    subject: str,
+    text: str,
+    urgent: bool,
+    now: datetime,
+) -> None:
+    """Every e-mail delivery's body, with a Reply-To token of its own (held ones too).
+
+    Bulk mail also carries a List-Unsubscribe address.
+    """
+    d = t.deliveries
+    mails = (
+        await conn.execute(
+            select(d.c.id, d.c.guardian_id, d.c.address).where(
+                d.c.announcement_id == announcement_id, d.c.channel == "email"
+            )
+        )
+    ).all()
+    domain = settings.email.reply_domain
+    tokens: list[dict[str, Any]] = []
+    bodies: list[dict[str, Any]] = []
+    for delivery_id, guardian_id, address in mails:
+        local, token_row = reply_tokens.new_row(
+            recipient_kind="guardian",
+            recipient_id=guardian_id,
+            address=address,
+            days=settings.email.reply_token_days,
+            unit_id=unit_id,
+            now=now,
+        )
+        tokens.append(token_row)
+        body = mail_content(
+            to=address,
+            subject=subject,
+            text=text,
+            reply_to=f"{local}@{domain}",
+            from_display=unit_name,
+            list_unsubscribe=None if urgent else f"mailto:{local}@{domain}?subject=STOPP",
+        )
+        bodies.append({"delivery_id": delivery_id, "mail": body})
+    set_body = update(d).where(d.c.id == bindparam("delivery_id")).values(body=bindparam("mail"))
+    for i in range(0, len(tokens), CHUNK):
+        await conn.execute(insert(t.reply_tokens), tokens[i : i + CHUNK])
+        await conn.execute(set_body, bodies[i : i + CHUNK])
+
+
+async def _counts(conn: AsyncConnection, announcement_id: str) -> tuple[int, int]:
+    """(first deliveries, skipped ones): held mail is not counted as skipped."""
+    d = t.deliveries
+    row = (
+        await conn.execute(
+            select(
+                func.count().filter(d.c.fallback_of.is_(None)),
+                func.count().filter(
+                    d.c.status == "skipped", or_(d.c.last_error.is_(None), d.c.last_error != HELD)
+                ),
+            ).where(d.c.announcement_id == announcement_id)
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def _id_prefix(prefix: str) -> str:
+    """`new_id`'s prefix and time part; the database draws the 80 random bits."""
+    return new_id(prefix)[:-20]
 
 
 async def summary(engine: AsyncEngine, announcement_id: str) -> dict[str, dict[str, int]]:

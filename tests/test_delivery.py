@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.announcements import AnnouncementError, create_announcement, summary
+from bridge.config import EmailSettings, Settings
+from bridge.digests import HELD
 from bridge.domain import Channel, StatusUpdate
 from bridge.outbox import record_status
-from bridge.routing import quiet_until
+from bridge.routing import load_routes, quiet_until
 from bridge.store import tables as t
 from tests.cli import skolebro, write_config
 from tests.world import World, eventually, running_world, write_roster
@@ -263,3 +268,142 @@ async def test_email_announcements_carry_reply_to_and_digest_guardians_are_held(
     held = by_guardian["gd-6"]
     assert (held["channel"], held["status"], held["last_error"]) == ("email", "skipped", "digest")
     assert [r for r in rows if r["fallback_of"] == held["id"]] == []
+
+
+# --- the set-based fan-out against `Routes.plan`, guardian by guardian -----------------
+
+ORDERS = [
+    "sms", "email", "telegram", "sms,email", "email,sms", "telegram,sms,email",
+    "telegram,email,sms", "email,telegram,sms", "sms,telegram", " email , sms ",
+    "sms,sms,email", "fax,email", "fax", "",
+]  # fmt: skip
+STATES = ["none", "opted_out", "opted_out", "dead", "both", "opted_in"]
+
+
+async def _many_routing_cases(engine: AsyncEngine, n: int, seed: int) -> None:
+    """n guardians of one unit, each a random mix of channel order, identities, links,
+    STOPPs, dead addresses and digests; some inactive or restricted (not addressed)."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    stamps = {"created_at": now, "updated_at": now}
+    guardians, students, family, links, points = [], [], [], [], {}
+    for i in range(n):
+        gid, sid = f"gx-{i:03d}", f"sx-{i:03d}"
+        mobile = rng.choice([f"+479200{i:04d}", f"+479200{i:04d}", None, ""])
+        email = rng.choice([f"gx{i}@example.no", f"gx{i}@example.no", None])
+        guardians.append(
+            {"id": gid, "first_name": "F", "last_name": "T", "mobile": mobile, "email": email,
+             "language": "nb", "channels": rng.choice(ORDERS), "digest": rng.random() < 0.3,
+             "roster_order": rng.randrange(n), "active": rng.random() > 0.05, **stamps}
+        )  # fmt: skip
+        students.append({"id": sid, "first_name": "B", "last_name": "T", "unit_id": "u-x",
+                         "active": True, **stamps})  # fmt: skip
+        family.append({"guardian_id": gid, "student_id": sid, "restricted": rng.random() < 0.05})
+        chats = rng.choice([[], [], [7000 + i], [7000 + i, 8000 + i]])
+        for k, chat in enumerate(chats):  # two links: the later one counts
+            links.append({"chat_id": chat, "guardian_id": gid,
+                          "linked_at": now - timedelta(hours=len(chats) - k)})  # fmt: skip
+        for channel, address in (("sms", mobile), ("email", email), *(
+            ("telegram", str(c)) for c in chats
+        )):  # fmt: skip
+            state = rng.choice(STATES)
+            if address and state != "none":
+                points[(channel, address)] = {
+                    "channel": channel, "address": address, "updated_at": now,
+                    "opted_out_at": now if state in ("opted_out", "both") else None,
+                    "opted_in_at": now if state == "opted_in" else None,
+                    "dead_at": now if state in ("dead", "both") else None,
+                }  # fmt: skip
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(t.units), {"id": "u-x", "name": "X skole", "unit_type": "school", **stamps}
+        )
+        await conn.execute(insert(t.guardians), guardians)
+        await conn.execute(insert(t.students), students)
+        await conn.execute(insert(t.guardian_students), family)
+        if links:
+            await conn.execute(insert(t.telegram_links), links)
+        await conn.execute(insert(t.contact_points), list(points.values()))
+
+
+async def _expected(engine: AsyncEngine, urgent: bool) -> dict[str, list[tuple[Any, ...]]]:
+    """Per addressed guardian, the chain `Routes.plan` gives: (channel, address, status,
+    last_error) for each delivery, first one first."""
+    g, gs = t.guardians, t.guardian_students
+    async with engine.connect() as conn:
+        addressed = (
+            await conn.execute(
+                select(g.c.id, g.c.digest)
+                .join(gs, gs.c.guardian_id == g.c.id)
+                .where(g.c.active.is_(True), gs.c.restricted.is_(False))
+            )
+        ).all()
+        routes = await load_routes(conn, [gid for gid, _ in addressed])
+    expected = {}
+    for gid, digest in addressed:
+        plan = routes.plan(gid, urgent=urgent)
+        chain: list[tuple[Any, ...]] = []
+        for route in plan:
+            skip = route.opted_out and not urgent
+            hold = not skip and route.channel == "email" and digest and not urgent
+            status = "skipped" if skip or hold else "queued"
+            chain.append((route.channel, route.address, status, HELD if hold else None))
+        expected[gid] = chain or [("none", None, "skipped", "no open channel")]
+    return expected
+
+
+@pytest.mark.parametrize("urgent", [False, True])
+async def test_fan_out_matches_the_route_plan_for_every_guardian(
+    engine: AsyncEngine, urgent: bool
+) -> None:
+    await _many_routing_cases(engine, 300, seed=5)
+    settings = Settings(email=EmailSettings(enabled=True))
+    created = await create_announcement(
+        engine, settings, unit_id="u-x", text="Hei", subject="Tema", urgent=urgent
+    )
+    expected = await _expected(engine, urgent)
+    d = t.deliveries
+    async with engine.connect() as conn:
+        rows = (
+            (await conn.execute(select(d).where(d.c.announcement_id == created.announcement_id)))
+            .mappings()
+            .all()
+        )
+        tokens = (await conn.execute(select(t.reply_tokens))).mappings().all()
+    by_id = {r["id"]: r for r in rows}
+    assert len(by_id) == len(rows) and all(len(i) == len("dl-") + 32 for i in by_id)
+    actual: dict[str, list[tuple[Any, ...]]] = {}
+    for first in (r for r in rows if r["fallback_of"] is None):
+        chain, row = [], first
+        while row is not None:
+            chain.append((row["channel"], row["address"], row["status"], row["last_error"]))
+            assert row["guardian_id"] == first["guardian_id"]
+            row = next((r for r in rows if r["fallback_of"] == row["id"]), None)
+        actual[first["guardian_id"]] = chain
+    assert sum(len(c) for c in actual.values()) == len(rows)  # every row in one chain
+    assert actual == expected
+    # The cases this seed covers: fallbacks, held mail, nothing open, everything skipped.
+    chains = list(expected.values())
+    assert any(c[0][0] == "none" for c in chains)
+    if urgent:
+        assert all(len(c) == 1 for c in chains) and any(c[0][2] == "queued" for c in chains)
+    else:
+        assert any(len(c) == 3 for c in chains) and any(c[-1][3] == HELD for c in chains)
+        assert any(all(s == "skipped" and e is None for _, _, s, e in c) for c in chains)
+    assert created.deliveries == len(expected)
+    assert created.skipped == sum(
+        1 for r in rows if r["status"] == "skipped" and r["last_error"] != HELD
+    )
+    # The shared values, and each e-mail with a reply token of its own.
+    for r in rows:
+        assert (r["kind"], r["subject"], r["attempts"]) == ("announcement", "Tema", 0)
+        assert r["priority"] == ("urgent" if urgent else "bulk")
+        assert r["next_attempt_at"] == r["created_at"] == r["updated_at"]
+        assert r["segments"] == (1 if r["channel"] == "sms" else None)
+        if r["channel"] in ("sms", "telegram"):
+            assert r["body"] == "X skole: Hei"
+    mails = [json.loads(r["body"])["mail"] for r in rows if r["channel"] == "email"]
+    assert len(tokens) == len(mails) and len({m["reply_to"] for m in mails}) == len(mails)
+    assert {m["to"] for m in mails} == {r["address"] for r in rows if r["channel"] == "email"}
+    assert all(m["subject"] == "Tema" and m["text"] == "Hei" for m in mails)
+    assert all((m["list_unsubscribe"] is None) == urgent for m in mails)
