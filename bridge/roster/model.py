@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,11 @@ class Rejection:
     line: int
     reason: str
     file: str | None = None  # set for OneRoster bundles: the line is in this file
+
+    def __post_init__(self) -> None:
+        # A reason may quote a cell, and a quoted cell may hold a line break: the report
+        # is one line per rejection all the same.
+        object.__setattr__(self, "reason", one_line(self.reason))
 
     def to_json(self) -> dict[str, Any]:
         reason = f"{self.file}: {self.reason}" if self.file else self.reason
@@ -173,6 +179,15 @@ class Roster:
             + len(self.guardians)
             + len(self.staff)
         )
+
+
+# Control characters (CR and LF above all) and line separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def one_line(value: str) -> str:
+    """`value` with control characters and line separators each run made one space."""
+    return _CONTROL.sub(" ", value) if _CONTROL.search(value) else value
 
 
 def split_list(value: str, sep: str = ";") -> list[str]:
