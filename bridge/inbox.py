@@ -8,7 +8,7 @@ import logging
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -96,6 +96,10 @@ async def accept(engine: AsyncEngine, event: InboundEvent) -> Accepted:
 
 MAX_PROCESSING_ATTEMPTS = 5
 UNKNOWN_REPLY_EVERY = timedelta(hours=24)
+# SMS pumping: many unknown numbers at once must not cost one reply each. Past this many
+# explanatory replies to unknown senders on a channel within the last hour, strangers get
+# none (and may get one later, as their last_reply_at stays unset).
+UNKNOWN_REPLIES_PER_HOUR = 100
 
 
 def address_hash(channel: str, address: str) -> str:
@@ -243,6 +247,15 @@ class InboxWorker:
             or row.last_reply_at is None
             or (now - row.last_reply_at >= UNKNOWN_REPLY_EVERY)
         )
+        if reply:
+            recent = await conn.scalar(
+                select(func.count())
+                .select_from(u)
+                .where(u.c.channel == channel.value, u.c.last_reply_at > now - timedelta(hours=1))
+            )
+            if (recent or 0) >= UNKNOWN_REPLIES_PER_HOUR:
+                reply = False
+                log.warning("unknown senders on %s: hourly reply cap reached", channel.value)
         if row is None:
             await conn.execute(
                 insert(u),
