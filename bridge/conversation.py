@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bridge import absences, digests, outbox, reply_tokens, staff_notices, threads
+from bridge import absences, digests, outbox, parent_replies, reply_tokens, staff_notices, threads
 from bridge.config import Settings
 from bridge.directory import Child, Sender, closed_dates
 from bridge.domain import mail_content, telegram_content
@@ -25,7 +25,6 @@ from bridge.understand import understand
 
 QUESTION_TTL = timedelta(hours=2)
 UNDO_WINDOW = timedelta(hours=24)
-REPLY_WINDOW = timedelta(hours=72)
 UNDO_WORDS = {"angre", "undo"}
 _WORD_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
 _SFO_WORD = re.compile(r"(?<!\w)(sfo|aks|aktivitetsskolen)(?!\w)", re.IGNORECASE)
@@ -54,6 +53,7 @@ class Context:
     # answers, or the unit whose address a mail was sent to.
     thread_hint: str | None = None
     unit_hint: str | None = None
+    quoted: str | None = None  # the provider id of the bot message a Telegram reply quotes
 
     @property
     def lang(self) -> str:
@@ -250,7 +250,7 @@ async def handle(ctx: Context, text: str, media_count: int) -> Outcome:
             chosen = _chosen_children(ctx, question, text)
             if chosen:
                 state.pop("question", None)
-                await _deliver_message(ctx, chosen, question)
+                await _deliver_message(ctx, chosen, question, unit_id=question.get("unit_id"))
                 await _save_state(ctx, state)
                 return Outcome(body=text)
         else:
@@ -541,31 +541,34 @@ async def _withdraw(
 async def _message(
     ctx: Context, state: dict[str, Any], text: str, stored: str | None, outcome: Outcome
 ) -> None:
-    """A general message: to the named child's thread, or ask which child it is about."""
-    thread = await _hinted_thread(ctx, state)
-    if thread is not None:
-        child, unit_id = thread
-        await _deliver_message(
-            ctx, [child], {"text": stored, "sensitive": outcome.sensitive}, unit_id=unit_id
-        )
-        await _sensitive_notice(ctx, outcome, (child,))
-        await _save_state(ctx, state)
-        return
-    children = list(ctx.sender.children)
-    if ctx.unit_hint:
+    """A general message: to the thread it answers or names, or ask which child it is about."""
+    target = await parent_replies.reply_target(
+        ctx.conn,
+        channel=ctx.channel,
+        address=ctx.address,
+        sender=ctx.sender,
+        received_at=ctx.received_at,
+        thread_hint=ctx.thread_hint,
+        quoted=ctx.quoted,
+        staff_reply=state.get("reply_context"),
+    )
+    unit_id = target.unit_id if target else None
+    children = list(target.children) if target else list(ctx.sender.children)
+    if target is None and ctx.unit_hint:
         children = [c for c in children if ctx.unit_hint in (c.unit_id, c.sfo_unit_id)] or children
     words = set(re.findall(r"\w+", _norm(text)))
     named = [c for c in children if _norm(c.first_name) in words]
     if len(named) == 1 or len(children) == 1:
         targets = named or children
         question = {"text": stored, "sensitive": outcome.sensitive}
-        await _deliver_message(ctx, targets, question)
+        await _deliver_message(ctx, targets, question, unit_id=unit_id)
     else:
         options = named or children
         labels = _labels(options)
         state["question"] = {
             "kind": "message_child",
             "student_ids": [c.student_id for c in options],
+            "unit_id": unit_id,
             "text": stored,
             "sensitive": outcome.sensitive,
             "asked_at": ctx.received_at.isoformat(),
@@ -579,27 +582,6 @@ async def _message(
         )
     await _sensitive_notice(ctx, outcome, tuple(named or children))
     await _save_state(ctx, state)
-
-
-async def _hinted_thread(ctx: Context, state: dict[str, Any]) -> tuple[Child, str] | None:
-    """The thread a message answers: a reply token's, or the latest staff reply's or
-    announcement's on this channel within 72 hours (SPEC section 8)."""
-    thread_id = ctx.thread_hint
-    context = state.get("reply_context")
-    if not thread_id and context and _fresh(context.get("at"), REPLY_WINDOW, ctx.received_at):
-        thread_id = context.get("thread_id")
-    if not thread_id:
-        return None
-    th = t.threads
-    row = (
-        await ctx.conn.execute(
-            select(th.c.student_id, th.c.unit_id).where(
-                th.c.id == thread_id, th.c.guardian_id.in_(ctx.sender.guardian_ids)
-            )
-        )
-    ).first()
-    child = next((c for c in ctx.sender.children if row and c.student_id == row.student_id), None)
-    return (child, row.unit_id) if child and row else None
 
 
 async def _deliver_message(

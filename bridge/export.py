@@ -102,9 +102,14 @@ async def export_deliveries(
     engine: AsyncEngine, tz: tzinfo, announcement_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Deliveries, optionally of one announcement, in creation order."""
-    d = t.deliveries
+    d, g = t.deliveries, t.guardians
     # The school's webhooks are the school's own plumbing, not messages to guardians.
-    query = select(d).where(d.c.channel != "webhook").order_by(d.c.created_at, d.c.id)
+    query = (
+        select(d, g.c.protected)
+        .outerjoin(g, g.c.id == d.c.guardian_id)
+        .where(d.c.channel != "webhook")
+        .order_by(d.c.created_at, d.c.id)
+    )
     if announcement_id:
         query = query.where(d.c.announcement_id == announcement_id)
     async with engine.connect() as conn:
@@ -115,7 +120,8 @@ async def export_deliveries(
             "announcement_id": r["announcement_id"],
             "guardian_id": r["guardian_id"],
             "channel": r["channel"],
-            "address": r["address"],
+            # A protected guardian's contact data is in no export (SPEC section 8).
+            "address": None if r["protected"] else r["address"],
             "status": r["status"],
             "attempts": r["attempts"],
             "last_error": r["last_error"],

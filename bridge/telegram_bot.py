@@ -124,12 +124,19 @@ async def handle_update(
                 sender=sender,
                 event_id=event_id,
                 received_at=received_at,
+                quoted=_quoted(chat_id, payload),
             )
             outcome = await _linked(ctx, kind, text, payload, media_count)
     if isinstance(outcome, TelegramOutcome) and outcome.stranger:
         payload.pop("user_id", None)
         payload.pop("contact_user_id", None)
     return outcome
+
+
+def _quoted(chat_id: str, payload: dict[str, Any]) -> str | None:
+    """The provider id of the bot message this one replies to (as TelegramSender sets it)."""
+    message_id = payload.get("reply_to_message_id")
+    return f"{chat_id}:{message_id}" if isinstance(message_id, int) else None
 
 
 # --- linking -------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from sqlalchemy import BigInteger, Text, cast, delete, func, literal, or_, selec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.config import Settings
-from bridge.conversation import QUESTION_TTL, REPLY_WINDOW, UNDO_WINDOW
+from bridge.conversation import QUESTION_TTL, UNDO_WINDOW
+from bridge.parent_replies import REPLY_WINDOW
 from bridge.store import tables as t
 
 log = logging.getLogger("skolebro.housekeeping")

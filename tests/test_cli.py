@@ -85,19 +85,6 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert skolebro().returncode == 2
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["demo"],
-    ],
-)
-def test_later_capabilities_say_so_plainly(tmp_path: Path, args: list[str]) -> None:
-    cfg = write_config(tmp_path, "sqlite+aiosqlite:///bro.db")
-    result = skolebro(*args, "--config", str(cfg))
-    assert result.returncode == 1
-    assert "not available yet" in result.stderr
-
-
 def test_every_command_has_help() -> None:
     for command in [
         "init", "import-roster", "run", "demo", "understand", "announce", "export",

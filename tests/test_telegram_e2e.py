@@ -116,3 +116,37 @@ async def test_absence_by_buttons_for_ola_at_school_and_sfo(world: World) -> Non
         lambda: [x for x in chat_texts(world) if "SFO" in x and "Ola" in x]
     )
     assert "ANGRE" in confirmation[-1]
+
+
+async def test_a_reply_quoting_an_announcement_answers_that_one(world: World) -> None:
+    assert world.telegram is not None
+    await link_per(world)
+    first = await create_announcement(
+        world.bridge.engine, world.bridge.settings, unit_id="u-fjell", student_ids=["s-ola"],
+        text="Ola har glemt lua si",
+    )  # fmt: skip
+    world.bridge.outbox.wake.set()
+    ola_msg = (await eventually(lambda: [m for m in world.telegram.sent[CHAT] if "lua" in m.text]))[
+        0
+    ]  # type: ignore[union-attr]
+    await create_announcement(
+        world.bridge.engine, world.bridge.settings, unit_id="u-fjell", student_ids=["s-kari"],
+        text="Kari fikk pris i dag",
+    )  # fmt: skip
+    world.bridge.outbox.wake.set()
+    await eventually(lambda: [m for m in world.telegram.sent[CHAT] if "pris" in m.text])  # type: ignore[union-attr]
+    await eventually(
+        lambda: world.rows(
+            t.deliveries,
+            t.deliveries.c.announcement_id == first.announcement_id,
+            t.deliveries.c.status == "sent",
+        )
+    )
+
+    # Quoting the first announcement answers it (Ola), though Kari's came later...
+    world.telegram.send_text(CHAT, "Takk, eg hentar ho", reply_to=ola_msg.message_id)
+    threads = await eventually(lambda: world.rows(t.threads))
+    assert [(th["student_id"], th["guardian_id"]) for th in threads] == [("s-ola", "gd-per")]
+    # ...and a text quoting nothing answers the latest one (Kari).
+    world.telegram.send_text(CHAT, "Så kjekt, takk")
+    await eventually(lambda: world.rows(t.threads, t.threads.c.student_id == "s-kari"))
