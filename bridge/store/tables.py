@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -327,6 +328,18 @@ absences = Table(
 
 # --- outbound ---------------------------------------------------------------------
 
+
+def _only_set(column: str) -> dict[str, Any]:
+    """A partial index's condition: only the rows where `column` has a value.
+
+    A new delivery has no provider id, lease or fallback, so a fan-out of 100,000 of
+    them writes nothing to such an index. Lookups by value (`=`, `IN`, `<`) imply the
+    condition, so SQLite and PostgreSQL use the index for them.
+    """
+    where = text(f"{column} IS NOT NULL")
+    return {"sqlite_where": where, "postgresql_where": where}
+
+
 announcements = Table(
     "announcements",
     metadata,
@@ -361,7 +374,7 @@ deliveries = Table(
     Column("next_attempt_at", UTCDateTime(), nullable=False),
     Column("lease_owner", String(64)),
     Column("lease_until", UTCDateTime()),
-    Column("provider_id", Text, index=True),
+    Column("provider_id", Text),
     Column("last_error", Text),
     Column("segments", Integer),  # SMS segments, for cost reporting
     Column("fallback_of", ForeignKey("deliveries.id")),
@@ -375,8 +388,12 @@ deliveries = Table(
     Index("ix_deliveries_due", "status", "next_attempt_at"),
     # The claim: due deliveries of one channel and priority, oldest first, no sort.
     Index("ix_deliveries_claim", "channel", "status", "priority", "next_attempt_at"),
-    Index("ix_deliveries_lease", "channel", "status", "lease_until"),
-    Index("ix_deliveries_fallback_of", "fallback_of"),
+    # Status callbacks find their delivery by the provider's id.
+    Index("ix_deliveries_provider_id", "provider_id", **_only_set("provider_id")),
+    # The claim of expired leases, oldest first.
+    Index("ix_deliveries_lease", "channel", "status", "lease_until", **_only_set("lease_until")),
+    # Fallbacks of a delivery: retry's check, and the foreign key's when one is deleted.
+    Index("ix_deliveries_fallback_of", "fallback_of", **_only_set("fallback_of")),
 )
 
 # --- inbound ----------------------------------------------------------------------
