@@ -1,8 +1,8 @@
 """Delivery engine: fan an announcement out to 100,000 guardians, then dispatch deliveries.
 
 Run: .venv/bin/python bench/bench_delivery.py [--guardians 100000] [--dispatch 5000]
-     [--slow-dispatch 2000] [--pg-guardians 20000 | --no-postgres] [--enqueue-only]
-     [--profile]
+     [--slow-dispatch 2000] [--pg-guardians 20000 | --no-postgres] [--profile]
+     [--enqueue-only [--channels email]]
 
 Each figure is printed beside a baseline measured in the same run, with their ratio:
 
@@ -91,11 +91,12 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_roster(path: Path, n: int) -> Path:
+def write_roster(path: Path, n: int, channels: str = "sms") -> Path:
     """One school (+ SFO) with 70 groups and n students, each with one guardian.
 
     Guardian i has mobile +47 9000 0000 + i (valid Norwegian mobiles up to 10 million),
-    an e-mail address, and channels `sms` only, so the announcement makes one SMS each.
+    an e-mail address, and channels `sms` only (or `channels`), so the announcement makes
+    one SMS each (or one e-mail, with its reply token).
     """
     groups = [f"g-{grade}{letter}" for grade in range(1, 8) for letter in "ABCDEFGHIJ"]
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -121,7 +122,7 @@ def write_roster(path: Path, n: int) -> Path:
                     "mobile": f"+47{90000000 + i}",
                     "email": f"g{i}@example.no",
                     "language": "nb",
-                    "channels": "sms",
+                    "channels": channels,
                     "students": f"s-{i}",
                 }
             )
@@ -569,7 +570,7 @@ async def import_timed(engine: AsyncEngine, roster: Path, what: str) -> None:
 
 async def sqlite_run(folder: Path, args: argparse.Namespace) -> None:
     n, profile = args.guardians, args.profile
-    roster = write_roster(folder / "roster.csv", n)
+    roster = write_roster(folder / "roster.csv", n, args.channels)
     db = folder / "bench.db"
     settings = make_settings(f"sqlite+aiosqlite:///{db}")
     engine = create_engine(settings.database_url)
@@ -648,7 +649,7 @@ async def postgres_run(folder: Path, args: argparse.Namespace) -> None:
     engine = create_engine(settings.database_url)
     try:
         await upgrade(engine)
-        roster = write_roster(folder / "roster-pg.csv", n)
+        roster = write_roster(folder / "roster-pg.csv", n, args.channels)
         await import_timed(engine, roster, f"{n:,} guardians and students, PostgreSQL")
         t0 = time.perf_counter()
         created = await create_announcement(engine, settings, unit_id=UNIT, text=TEXT)
@@ -700,8 +701,16 @@ def cli() -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--enqueue-only", action="store_true", help="skip the dispatch figures")
+    parser.add_argument(
+        "--channels",
+        choices=("sms", "email"),
+        default="sms",
+        help="every guardian's channel order; the dispatch figures need sms",
+    )
     parser.add_argument("--serve-fake", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.channels != "sms" and not args.enqueue_only:
+        parser.error("--channels email needs --enqueue-only (the dispatch figures send SMS)")
     if args.serve_fake is not None:
         asyncio.run(serve_fake(args.serve_fake))
     else:
