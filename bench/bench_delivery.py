@@ -317,7 +317,7 @@ class NullSender:
 @dataclasses.dataclass
 class Dispatch:
     sent: int
-    other: int  # handled but not sent (provider errors): should be 0
+    other: int  # ended failed or dead meanwhile (provider errors): should be 0
     seconds: float
     cpu: float  # this process's CPU seconds (engine, SQLite's thread, the sender)
     rounds: int
@@ -334,6 +334,10 @@ async def count(engine: AsyncEngine, status: str) -> int:
         return int(
             await conn.scalar(select(func.count()).select_from(d).where(d.c.status == status)) or 0
         )
+
+
+async def failures(engine: AsyncEngine) -> int:
+    return await count(engine, "failed") + await count(engine, "dead")
 
 
 async def top_up(engine: AsyncEngine, settings: Settings, n: int) -> None:
@@ -354,6 +358,7 @@ async def dispatch(
     """The worker's own loop (its overlapping rounds) until n deliveries were sent."""
     await top_up(engine, settings, n)
     sent_before = await count(engine, "sent")
+    failed_before = await failures(engine)
     worker = OutboxWorker(engine, settings, {"sms": sender}, batch=batch, concurrency=concurrency)
     claim = worker.claim
     claiming = 0.0
@@ -382,8 +387,8 @@ async def dispatch(
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     stop.set()
     await task
-    handled = await count(engine, "sent") - sent_before
-    return Dispatch(sent, max(handled - sent, 0), elapsed, cpu, rounds, claiming)
+    # Not `sent` again: the worker goes on sending until it sees `stop`.
+    return Dispatch(sent, await failures(engine) - failed_before, elapsed, cpu, rounds, claiming)
 
 
 class QuietFakeTwilio(FakeTwilio):
