@@ -270,7 +270,7 @@ class InboxWorker:
         if reply and channel in (Channel.SMS, Channel.TELEGRAM):
             await outbox.enqueue(
                 conn,
-                kind="reply",
+                kind=outbox.STRANGER,
                 channel=channel.value,
                 address=address,
                 body=translate(

@@ -112,6 +112,9 @@ PRIORITY_ORDER = {"urgent": 0, "normal": 1, "bulk": 2}
 RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3}
 TERMINAL = ("delivered", "failed", "dead", "skipped")
 WEBHOOK_PER_SECOND = 20  # the school's own system: no provider limit, but be gentle
+# The one reply an unknown number gets: its address is forgotten once the send is over,
+# as the stranger's event keeps only a hash of the number (SPEC section 8).
+STRANGER = "stranger"
 
 
 async def enqueue(
@@ -449,6 +452,13 @@ class OutboxWorker:
                 )
             if other:
                 await conn.execute(update(d).where(mine).values(change), other)
+            forget = [
+                row["id"]
+                for row, _, values in outcomes
+                if row["kind"] == STRANGER and values["status"] != "queued"
+            ]
+            if forget:
+                await conn.execute(update(d).where(d.c.id.in_(forget)).values(address=None))
             for row, result, values in outcomes:
                 if result.contact_dead:
                     await mark_contact_dead(conn, row["channel"], row["address"], result.error)

@@ -14,10 +14,12 @@ import json
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import holidays
 import pytest
+from sqlalchemy import select
 
 from bridge.announcements import create_announcement
 from bridge.export import export_absences, export_deliveries, export_threads
@@ -369,3 +371,59 @@ async def test_closed_days_are_no_school_days_for_the_school(world: World) -> No
         first = school_day_after(CLOSED_TO)
         expected = (first, school_day_after(first))
     assert (report["from_date"], report["to_date"]) == expected
+
+
+# --- privacy of raw events ------------------------------------------------------------
+
+SENSITIVE = [
+    ("Ola er syk i dag, han har feber og omgangssyke", ["feber", "omgangssyke"]),
+    ("Hei! Kari går til psykolog på BUP hver tirsdag.", ["psykolog", "BUP"]),
+    ("Kari blir mobbet i friminuttene", ["mobbet"]),
+    ("Personnummeret til Ola er 01011510015 hvis dere trenger det", ["01011510015"]),
+]
+
+
+async def test_no_sensitive_span_and_no_stranger_survives_processing(world: World) -> None:
+    for text, _ in SENSITIVE:
+        await world.text(MOR, text)
+    await send_mail(
+        world, sender="mor@example.no", to="u-fjell@svar.example.kommune.no",
+        body="Ola har fått antibiotika for ørebetennelse.", subject="Ola",
+    )  # fmt: skip
+    await world.text("+4798765432", "Hei, dette er en fremmed med diagnose ADHD")
+    await eventually(
+        lambda: len(notices(world)) >= 2 and mails_to(world, "mor@example.no"), within=30
+    )
+    # The teacher answers with something sensitive: held, not sent, and not kept either.
+    staff_mails = len(mails_to(world, STAFF))
+    await send_mail(
+        world, sender=STAFF, to=notices(world)[0],
+        body="Vi har sett at Ola er deprimert, ring oss.",
+    )  # fmt: skip
+    await eventually(lambda: len(mails_to(world, STAFF)) > staff_mails)
+    await eventually(_all_processed(world))
+
+    dump = await _dump_store(world)
+    words = [w for _, found in SENSITIVE for w in found]
+    words += ["antibiotika", "ørebetennelse", "ADHD", "diagnose", "deprimert"]
+    assert [w for w in words if w.lower() in dump.lower()] == []
+    i = dump.find("98765432")
+    assert i < 0, dump[max(0, i - 600) : i + 200]  # the stranger's number, in any form
+    assert "[fjernet]" in dump  # what was kept is the redacted text
+
+
+def _all_processed(world: World) -> Any:
+    async def check() -> bool:
+        rows = await world.rows(t.inbound_events)
+        return bool(rows) and all(r["status"] == "processed" for r in rows)
+
+    return check
+
+
+async def _dump_store(world: World) -> str:
+    parts = []
+    async with world.bridge.engine.connect() as conn:
+        for table in t.metadata.sorted_tables:
+            rows = (await conn.execute(select(table))).mappings().all()
+            parts.append(json.dumps([dict(r) for r in rows], default=str, ensure_ascii=False))
+    return "\n".join(parts)
