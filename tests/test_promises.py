@@ -427,3 +427,45 @@ async def _dump_store(world: World) -> str:
             rows = (await conn.execute(select(table))).mappings().all()
             parts.append(json.dumps([dict(r) for r in rows], default=str, ensure_ascii=False))
     return "\n".join(parts)
+
+
+# --- sensitive_action = "reject" ------------------------------------------------------
+
+
+async def test_reject_keeps_the_absence_without_the_text(database_url: str, tmp_path: Path) -> None:
+    roster = write_promises_roster(tmp_path / "roster.csv", CLOSED_FROM, CLOSED_TO)
+    reject = '[privacy]\nsensitive_action = "reject"\n'
+    async with running_world(database_url, tmp_path, roster, reject, email=True) as world:
+        await world.text(MOR, "Kari er syk i dag, hun har omgangssyke")
+        replies = await eventually(lambda: world.replies_to(MOR)[1:] and world.replies_to(MOR))
+        (report,) = await world.rows(t.absences)
+        assert report["student_id"] == "s-kari" and report["reason"] == "illness"
+        assert report["note"] is None
+        (event,) = await world.rows(t.inbound_events)
+        assert "omgangssyke" not in json.dumps(event, default=str)
+        assert any("sensitive opplysninger" in r for r in replies)
+        await world.text(MOR, "Kari blir mobbet, kan vi snakke?")
+        await eventually(lambda: notices(world))
+        threads = await export_threads(world.bridge.engine, world.bridge.settings.tz)
+        (message,) = [m for th in threads for m in th["messages"]]
+        assert "mobbet" not in json.dumps(message) and message["sensitive"] == ["bullying"]
+
+
+async def test_no_acting_for_a_restricted_student_on_telegram(
+    database_url: str, tmp_path: Path
+) -> None:
+    roster = write_promises_roster(tmp_path / "roster.csv", CLOSED_FROM, CLOSED_TO)
+    async with running_world(database_url, tmp_path, roster, telegram=True) as world:
+        bot = world.telegram
+        assert bot is not None
+        chat = 424242
+        bot.share_contact(chat, FAR.removeprefix("+"))
+        await eventually(lambda: world.rows(t.telegram_links, t.telegram_links.c.chat_id == chat))
+        bot.send_command(chat, "fravaer")
+        offer = await eventually(lambda: [m for m in bot.sent.get(chat, []) if m.buttons])
+        labels = [label for row in offer[-1].buttons for label, _ in row]
+        # One child of his own: the flow goes straight on for Ola, never offering Kari.
+        assert not any("Kari" in label for label in labels) and "Kari" not in offer[-1].text
+        bot.send_text(chat, "Kari er syk i dag")
+        await eventually(lambda: len(bot.sent.get(chat, [])) > len(offer))
+        assert await world.rows(t.absences, t.absences.c.student_id == "s-kari") == []

@@ -194,6 +194,19 @@ async def test_digests_fire_at_0815_on_a_weekday_not_on_saturday_or_17_may(
         assert await digest_mails(engine) == 6
 
 
+async def test_a_units_closed_day_has_no_digest_for_that_unit_only(engine: AsyncEngine) -> None:
+    await _store(engine)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(t.closed_days),
+            {"unit_id": "u-fjell", "from_date": date(2027, 5, 14), "to_date": date(2027, 5, 14),
+             "name": "Planleggingsdag", "created_at": datetime.now(UTC)},
+        )  # fmt: skip
+    async with running(engine, oslo(2027, 5, 14, 8, 14, 59)) as (scheduler, clock):
+        await fire_at(clock, oslo(2027, 5, 14, 8, 15), scheduler)
+        assert [r["unit_id"] for r in await runs(engine, date(2027, 5, 14))] == ["u-fjell-sfo"]
+
+
 async def test_two_schedulers_on_one_store_send_each_digest_once(
     engine: AsyncEngine, database_url: str
 ) -> None:
