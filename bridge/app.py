@@ -15,6 +15,7 @@ from bridge.api import add_api
 from bridge.config import Settings
 from bridge.domain import Accepted, InboundEvent, StatusUpdate
 from bridge.http import build_app
+from bridge.leader import Leadership
 from bridge.store.db import create_engine
 
 log = logging.getLogger("skolebro")
@@ -39,6 +40,9 @@ class Bridge:
         self.tasks: list[asyncio.Task[None]] = []
         self.runner: web.AppRunner | None = None
         self.scheduler: Any = None
+        self.leadership = Leadership(self.engine)
+        self.polling: asyncio.Task[None] | None = None
+        self.polling_stop = asyncio.Event()
         self.port: int | None = None
         if settings.sms.enabled:
             from adapters import sms_twilio
@@ -98,17 +102,18 @@ class Bridge:
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.http.port
         if self.mail_listener is not None:
             await self.mail_listener.start()
-        from scheduler.jobs import Scheduler
-
-        # Housekeeping runs whether or not digests are on; the scheduler decides.
-        self.scheduler = Scheduler(self.engine, self.settings)
-        self.scheduler.start()
         self.tasks = [
             asyncio.create_task(self.inbox.run(self.stopping)),
             asyncio.create_task(self.outbox.run(self.stopping)),
         ]
         if self.telegram_sender is not None:
             await self._start_telegram()
+        # The scheduler and Telegram polling run in one process at a time (bridge.leader).
+        self.tasks.append(
+            asyncio.create_task(
+                self.leadership.run(self.stopping, self._start_singletons, self._stop_singletons)
+            )
+        )
         if self.settings.sms.enabled:
             self.tasks.append(asyncio.create_task(self._recover_sms()))
         else:
@@ -126,9 +131,31 @@ class Bridge:
                 await telegram.set_webhook(self.settings)
         except Exception:
             log.warning("telegram set-up calls failed; the bot still runs", exc_info=True)
-        if self.settings.telegram.mode == "polling":
+
+    async def _start_singletons(self) -> None:
+        """What only the leading process runs: the scheduler, and Telegram polling."""
+        from scheduler.jobs import Scheduler
+
+        # Housekeeping runs whether or not digests are on; the scheduler decides.
+        self.scheduler = Scheduler(self.engine, self.settings)
+        self.scheduler.start()
+        if self.telegram_sender is not None and self.settings.telegram.mode == "polling":
+            from adapters import telegram
+
+            self.polling_stop = asyncio.Event()
             poller = telegram.TelegramPoller(self.settings, self.accept)
-            self.tasks.append(asyncio.create_task(poller.run(self.stopping)))
+            self.polling = asyncio.create_task(poller.run(self.polling_stop))
+
+    async def _stop_singletons(self) -> None:
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None:
+            await scheduler.stop(5)
+        polling, self.polling = self.polling, None
+        if polling is not None:
+            self.polling_stop.set()
+            _, late = await asyncio.wait([polling], timeout=STOP_SECONDS / 3)
+            for task in late:
+                task.cancel()
 
     async def _recover_sms(self) -> None:
         """Take in the messages Twilio received while we could not (SPEC section 8)."""
@@ -165,8 +192,7 @@ class Bridge:
             await self.runner.cleanup()
         if self.mail_listener is not None:
             await self.mail_listener.stop()
-        if self.scheduler is not None:
-            await self.scheduler.stop(5)
+        await self._stop_singletons()
         self.stopping.set()
         if self.tasks:
             _, pending = await asyncio.wait(self.tasks, timeout=STOP_SECONDS - 6)
