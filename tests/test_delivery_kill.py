@@ -22,7 +22,9 @@ from tests.world import ACCOUNT, SCHOOL_NUMBER, TOKEN, eventually, free_port, wr
 pytestmark = pytest.mark.slow
 
 
-def _config(tmp_path: Path, database_url: str, twilio: FakeTwilio, port: int, name: str) -> Path:
+def _config(
+    tmp_path: Path, database_url: str, twilio: FakeTwilio, port: int, name: str, rate: int = 2000
+) -> Path:
     folder = tmp_path / name
     folder.mkdir()
     return write_config(
@@ -37,7 +39,7 @@ account_sid = "{ACCOUNT}"
 auth_token_env = "FANOUT_TWILIO_TOKEN"
 from_number = "{SCHOOL_NUMBER}"
 api_base_url = "{twilio.base_url}"
-max_per_second = 2000
+max_per_second = {rate}
 [delivery]
 quiet_hours = ""
 lease_seconds = 120
@@ -79,6 +81,39 @@ async def _retried(database_url: str) -> set[str]:
 
 def _roster(tmp_path: Path, n: int) -> Path:
     return write_roster(tmp_path / "roster.csv", [(f"gd-{i}", "sms", "nb") for i in range(n)])
+
+
+async def test_sigterm_with_500_queued_exits_0_in_15_s_and_loses_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    recipients = 500
+    async with FakeTwilio(ACCOUNT, TOKEN) as twilio:
+        port = free_port()
+        cfg = _config(tmp_path, database_url, twilio, port, "a", rate=50)
+        roster = _roster(tmp_path, recipients)
+        assert skolebro("import-roster", str(roster), "--config", str(cfg)).returncode == 0
+        out = skolebro("announce", "--unit", "u-fjell", "--text", "Foreldremøte tirsdag",
+                       "--json", "--config", str(cfg))  # fmt: skip
+        assert json.loads(out.stdout)["deliveries"] == recipients
+        proc = _start(cfg, port)
+        await eventually(lambda: len(twilio.sent) >= 50, within=60)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+        assert time.monotonic() - started < 15
+        sent_at_stop = len(twilio.sent)
+        assert sent_at_stop < recipients, "the stop came too late to mean anything"
+
+        proc = _start(cfg, port)
+        try:
+            statuses = await _wait_until_settled(database_url, recipients, within=120)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 15) == 0
+        assert set(statuses) <= {"sent", "delivered"} and sum(statuses.values()) == recipients
+        # A graceful stop finishes and records what is in flight: nothing goes twice.
+        per_number = Counter(m.to for m in twilio.sent)
+        assert len(per_number) == recipients and set(per_number.values()) == {1}
 
 
 async def test_kill_mid_fan_out_sends_each_once_but_the_in_flight(
