@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge import inbox, mail_flow, outbox, telegram_bot
+from bridge import inbox, logs, mail_flow, outbox, telegram_bot
 from bridge.api import add_api
 from bridge.config import Settings
 from bridge.domain import Accepted, InboundEvent, StatusUpdate
@@ -205,9 +205,7 @@ class Bridge:
 
 async def run_bridge(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM, then stop accepting and finish within 15 s."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    # The twilio SDK logs request parameters (numbers, bodies) at INFO: keep it quiet.
-    logging.getLogger("twilio").setLevel(logging.WARNING)
+    logs.configure()
     bridge = Bridge(settings)
     await bridge.start()
     stop = asyncio.Event()

@@ -142,6 +142,11 @@ def test_run_serves_health_and_metrics_and_stops_on_sigterm(tmp_path: Path) -> N
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         assert time.monotonic() - started < 15
+        # Structured logs: one JSON object per line, with level, logger and event.
+        assert proc.stderr is not None
+        records = [json.loads(line) for line in proc.stderr.read().splitlines() if line]
+        assert records and all({"level", "logger", "event", "timestamp"} <= set(r) for r in records)
+        assert any(r["event"] == "stopping" for r in records)
     finally:
         if proc.poll() is None:
             proc.kill()
