@@ -6,6 +6,7 @@ effects (reports, thread messages, replies queued as deliveries) land exactly on
 
 from __future__ import annotations
 
+import copy
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge import absences, digests, outbox, parent_replies, reply_tokens, staff_notices, threads
 from bridge.config import Settings
-from bridge.directory import Child, Sender, closed_dates
+from bridge.directory import Child, Sender, closed_dates, unit_name
 from bridge.domain import mail_content, telegram_content
 from bridge.i18n import translate
 from bridge.store import tables as t
@@ -54,6 +55,9 @@ class Context:
     thread_hint: str | None = None
     unit_hint: str | None = None
     quoted: str | None = None  # the provider id of the bot message a Telegram reply quotes
+    # The conversation state as last read or written in this transaction (None: not
+    # read yet), so that saving a state that did not change costs no statement.
+    stored_state: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def lang(self) -> str:
@@ -120,19 +124,29 @@ async def _load_state(ctx: Context) -> dict[str, Any]:
     row = await ctx.conn.scalar(
         select(c.c.state).where(c.c.channel == ctx.channel, c.c.address == ctx.address)
     )
-    return dict(row or {})
+    state = dict(row or {})
+    ctx.stored_state = copy.deepcopy(state)
+    return state
 
 
 async def _save_state(ctx: Context, state: dict[str, Any]) -> None:
+    """Store the state (no row for an empty one); nothing to do when it did not change."""
+    if ctx.stored_state is not None and state == ctx.stored_state:
+        return
     c = t.conversations
     now = datetime.now(UTC)
     where = (c.c.channel == ctx.channel, c.c.address == ctx.address)
-    await ctx.conn.execute(delete(c).where(*where))
-    if state:
-        await ctx.conn.execute(
-            insert(c),
-            {"channel": ctx.channel, "address": ctx.address, "state": state, "updated_at": now},
-        )
+    if not state:
+        await ctx.conn.execute(delete(c).where(*where))
+    else:
+        done = await ctx.conn.execute(update(c).where(*where).values(state=state, updated_at=now))
+        if not done.rowcount:
+            await ctx.conn.execute(
+                insert(c),
+                {"channel": ctx.channel, "address": ctx.address, "state": state,
+                 "updated_at": now},
+            )  # fmt: skip
+    ctx.stored_state = copy.deepcopy(state)
 
 
 def _fresh(stamp: str | None, ttl: timedelta, now: datetime) -> bool:
@@ -643,8 +657,7 @@ async def _to_thread(
         text=stored,
         sensitive=outcome.sensitive,
     )
-    name = await ctx.conn.scalar(select(t.units.c.name).where(t.units.c.id == unit_id))
-    return str(name), thread_id
+    return await unit_name(ctx.conn, unit_id), thread_id
 
 
 async def _sensitive_notice(ctx: Context, outcome: Outcome, children: tuple[Child, ...]) -> None:

@@ -7,8 +7,12 @@ acts for the union of their children; reports name the one listed first.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -57,6 +61,57 @@ class Sender:
     acting: dict[str, str]  # student id -> the first listed guardian who may act
 
 
+# Within one inbox batch (one transaction), what processing never changes is read once:
+# the units' closed days and names. `batch_cache()` opens such a scope for the task.
+_cache: ContextVar[dict[Any, Any] | None] = ContextVar("skolebro_directory_cache", default=None)
+
+
+@contextmanager
+def batch_cache() -> Iterator[None]:
+    token = _cache.set({})
+    try:
+        yield
+    finally:
+        _cache.reset(token)
+
+
+async def find_senders(
+    conn: AsyncConnection, addresses: Sequence[str], default_language: str = "nb"
+) -> dict[str, Sender]:
+    """`find_sender` for many SMS numbers at once, in two statements; strangers left out."""
+    g = t.guardians
+    wanted = sorted(set(addresses))
+    if not wanted:
+        return {}
+    rows = (
+        await conn.execute(
+            select(g.c.id, g.c.language, g.c.mobile)
+            .where(g.c.active.is_(True), g.c.mobile.in_(wanted))
+            .order_by(g.c.roster_order, g.c.id)
+        )
+    ).all()
+    by_address: dict[str, list[Any]] = {}
+    for r in rows:
+        by_address.setdefault(r.mobile, []).append(r)
+    all_ids = tuple(dict.fromkeys(r.id for r in rows))
+    links: dict[str, list[Any]] = {}
+    for link in await _child_links(conn, all_ids) if all_ids else []:
+        links.setdefault(link["guardian_id"], []).append(link)
+    found: dict[str, Sender] = {}
+    for address, mine in by_address.items():
+        guardian_ids = tuple(r.id for r in mine)
+        children, acting = _children_of(
+            guardian_ids, [link for gid in guardian_ids for link in links.get(gid, [])]
+        )
+        found[address] = Sender(
+            guardian_ids=guardian_ids,
+            language=mine[0].language or default_language,
+            children=tuple(children),
+            acting=acting,
+        )
+    return found
+
+
 async def find_sender(
     conn: AsyncConnection, channel: Channel, address: str, default_language: str = "nb"
 ) -> Sender | None:
@@ -84,21 +139,33 @@ async def find_sender(
     )
 
 
+async def _child_links(conn: AsyncConnection, guardian_ids: tuple[str, ...]) -> list[Any]:
+    """(guardian, restricted, student) rows for these guardians' active students."""
+    gs, s = t.guardian_students, t.students
+    return list(
+        (
+            await conn.execute(
+                select(gs.c.guardian_id, gs.c.restricted, s)
+                .join(s, s.c.id == gs.c.student_id)
+                .where(gs.c.guardian_id.in_(guardian_ids), s.c.active.is_(True))
+            )
+        ).mappings()
+    )
+
+
 async def _children(
     conn: AsyncConnection, guardian_ids: tuple[str, ...]
 ) -> tuple[list[Child], dict[str, str]]:
-    gs, s = t.guardian_students, t.students
-    rows = (
-        await conn.execute(
-            select(gs.c.guardian_id, gs.c.restricted, s)
-            .join(s, s.c.id == gs.c.student_id)
-            .where(gs.c.guardian_id.in_(guardian_ids), s.c.active.is_(True))
-        )
-    ).mappings()
+    return _children_of(guardian_ids, await _child_links(conn, guardian_ids))
+
+
+def _children_of(
+    guardian_ids: tuple[str, ...], links: list[Any]
+) -> tuple[list[Child], dict[str, str]]:
     order = {gid: i for i, gid in enumerate(guardian_ids)}
     acting: dict[str, str] = {}
     by_id: dict[str, Child] = {}
-    for r in rows:
+    for r in links:
         if r["restricted"]:  # no parental responsibility: this guardian cannot act for them
             continue
         by_id[r["id"]] = Child(
@@ -113,6 +180,29 @@ async def _children(
 
 async def closed_dates(conn: AsyncConnection, unit_ids: list[str], around: date) -> set[date]:
     """The units' closed days (roster kind `closed`) within a few months of `around`."""
+    cache = _cache.get()
+    key = ("closed", tuple(unit_ids), around)
+    if cache is not None and key in cache:
+        return set(cache[key])
+    days = await _closed_dates(conn, unit_ids, around)
+    if cache is not None:
+        cache[key] = frozenset(days)
+    return days
+
+
+async def unit_name(conn: AsyncConnection, unit_id: str) -> str:
+    """A unit's name (read once per inbox batch)."""
+    cache = _cache.get()
+    key = ("unit_name", unit_id)
+    if cache is not None and key in cache:
+        return str(cache[key])
+    name = str(await conn.scalar(select(t.units.c.name).where(t.units.c.id == unit_id)))
+    if cache is not None:
+        cache[key] = name
+    return name
+
+
+async def _closed_dates(conn: AsyncConnection, unit_ids: list[str], around: date) -> set[date]:
     cd = t.closed_days
     lo, hi = around - timedelta(days=60), around + timedelta(days=200)
     rows = (

@@ -8,7 +8,7 @@ import logging
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bridge import conversation, mail_flow, metrics, outbox, telegram_bot
 from bridge.config import Settings
 from bridge.conversation import Context
-from bridge.directory import find_sender
+from bridge.directory import Sender, batch_cache, find_sender, find_senders
 from bridge.domain import Accepted, Channel, InboundEvent, StoreUnavailable
 from bridge.i18n import translate
 from bridge.store import tables as t
@@ -94,6 +94,9 @@ async def accept(engine: AsyncEngine, event: InboundEvent) -> Accepted:
 
 # --- processing ------------------------------------------------------------------------
 
+# What marking an event processed may set (a batch writes them with one executemany).
+_DONE_KEYS = ("status", "processed_at", "body", "payload", "sender")
+
 MAX_PROCESSING_ATTEMPTS = 5
 UNKNOWN_REPLY_EVERY = timedelta(hours=24)
 # SMS pumping: many unknown numbers at once must not cost one reply each. Past this many
@@ -106,15 +109,47 @@ def address_hash(channel: str, address: str) -> str:
     return hashlib.sha256(f"skolebro:{channel}:{address}".encode()).hexdigest()
 
 
-class InboxWorker:
-    """Turns pending inbound events into their effects, one transaction per event."""
+# A batch is one transaction: at most this many events, and no new event is started
+# once it has run this long, so that webhooks waiting for the store are not held up.
+BATCH_EVENTS = 50
+BATCH_SECONDS = 0.05
 
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+
+class _EventFailed(Exception):
+    """An event raised inside a batch: the batch is rolled back and this one tried alone."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+class InboxWorker:
+    """Turns pending inbound events into their effects.
+
+    Events are processed in order, in batches of up to BATCH_EVENTS in one transaction
+    each: an event's effects and its "processed" mark still commit together, exactly
+    once. When one event raises, its batch is rolled back, the events before it are
+    processed again as a batch, and it is tried alone, where a failure is counted as
+    before (dead after MAX_PROCESSING_ATTEMPTS); the events after it wait for the next
+    batch.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        batch_events: int = BATCH_EVENTS,
+        batch_seconds: float = BATCH_SECONDS,
+    ) -> None:
         self.engine = engine
         self.settings = settings
+        self.batch_events = max(1, batch_events)
+        self.batch_seconds = batch_seconds
         self.wake = asyncio.Event()
 
     async def run_once(self, limit: int = 100) -> int:
+        """Process up to `limit` pending events, each tried once; returns how many."""
         e = t.inbound_events
         async with self.engine.connect() as conn:
             ids = list(
@@ -124,8 +159,10 @@ class InboxWorker:
                     )
                 ).scalars()
             )
-        for event_id in ids:
-            await self.process(event_id)
+        done = 0
+        while done < len(ids):
+            done += await self._batch(ids[done : done + self.batch_events])
+            await asyncio.sleep(0)  # let waiting webhooks have the store between batches
         return len(ids)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -142,6 +179,68 @@ class InboxWorker:
             await asyncio.wait(waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
+
+    async def _batch(self, ids: list[int]) -> int:
+        """Process a prefix of `ids` in one transaction; returns how many ids it took."""
+        if len(ids) == 1:
+            await self.process(ids[0])
+            return 1
+        try:
+            return await self._process_batch(ids)
+        except _EventFailed as failed:
+            if failed.index:
+                await self._batch(ids[: failed.index])  # the good ones, committed once
+            await self.process(ids[failed.index])  # alone: a failure counts there
+            return failed.index + 1
+        except Exception:
+            log.exception("inbound batch of %s events failed; one at a time", len(ids))
+            for event_id in ids:
+                await self.process(event_id)
+            return len(ids)
+
+    async def _process_batch(self, ids: list[int]) -> int:
+        e = t.inbound_events
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_seconds
+        taken = 0
+        done: list[tuple[Any, Channel, dict[str, Any]]] = []
+        with batch_cache():
+            async with self.engine.begin() as conn:
+                query = select(e).where(e.c.id.in_(ids), e.c.status == "pending").order_by(e.c.id)
+                if conn.dialect.name == "postgresql":
+                    query = query.with_for_update(skip_locked=True)
+                rows = {r["id"]: r for r in (await conn.execute(query)).mappings()}
+                senders = await find_senders(
+                    conn,
+                    [r["sender"] for r in rows.values() if r["channel"] == Channel.SMS.value],
+                    self.settings.bridge.default_language,
+                )
+                for index, event_id in enumerate(ids):
+                    if taken and loop.time() > deadline:
+                        break
+                    taken = index + 1
+                    row = rows.get(event_id)
+                    if row is None:  # processed meanwhile, or another process has it
+                        continue
+                    try:
+                        channel, values = await self._effects(conn, row, senders)
+                    except Exception as exc:
+                        raise _EventFailed(index) from exc
+                    done.append((row, channel, values))
+                if done:
+                    await conn.execute(
+                        update(e)
+                        .where(e.c.id == bindparam("event_id"))
+                        .values({k: bindparam(f"v_{k}", type_=e.c[k].type) for k in _DONE_KEYS}),
+                        [
+                            {"event_id": row["id"]}
+                            | {f"v_{k}": values.get(k, row[k]) for k in _DONE_KEYS}
+                            for row, _, values in done
+                        ],
+                    )
+        for row, channel, _ in done:
+            self._observe(row, channel)
+        return taken
 
     async def process(self, event_id: int) -> None:
         """Process one event; a failure is counted, and the event dies after a few."""
@@ -166,72 +265,90 @@ class InboxWorker:
 
     async def _process(self, event_id: int) -> None:
         e = t.inbound_events
-        async with self.engine.begin() as conn:
-            query = select(e).where(e.c.id == event_id, e.c.status == "pending")
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            row = (await conn.execute(query)).mappings().first()
-            if row is None:
-                return
-            channel = Channel(row["channel"])
-            payload = dict(row["payload"] or {})
-            media_count = int(payload.get("media_count", 0) or 0)
-            values: dict[str, Any] = {"status": "processed", "processed_at": datetime.now(UTC)}
-            if channel == Channel.EMAIL:
-                outcome = await mail_flow.handle_email(
-                    conn,
-                    self.settings,
-                    event_id=event_id,
-                    sender=row["sender"],
-                    text=row["body"] or "",
-                    payload=payload,
-                    received_at=row["received_at"],
-                    media_count=media_count,
-                )
-                # A subject may hold what the body would: keep only its redacted form.
-                payload["subject"] = redact(str(payload.get("subject") or ""))[0]
-                payload["sensitive"] = outcome.sensitive
-                values.update(body=outcome.body, payload=payload)
-            elif channel == Channel.TELEGRAM:
-                outcome = await telegram_bot.handle_update(
-                    conn,
-                    self.settings,
-                    event_id=event_id,
-                    chat_id=row["sender"],
-                    text=row["body"] or "",
-                    payload=payload,  # scrubbed in place of link codes and phone numbers
-                    received_at=row["received_at"],
-                    media_count=media_count,
-                )
-                payload["sensitive"] = outcome.sensitive
-                values.update(body=outcome.body, payload=payload)
-                if isinstance(outcome, telegram_bot.TelegramOutcome) and outcome.stranger:
-                    values["sender"] = None
+        with batch_cache():
+            async with self.engine.begin() as conn:
+                query = select(e).where(e.c.id == event_id, e.c.status == "pending")
+                if conn.dialect.name == "postgresql":
+                    query = query.with_for_update(skip_locked=True)
+                row = (await conn.execute(query)).mappings().first()
+                if row is None:
+                    return
+                channel, values = await self._effects(conn, row, None)
+                await conn.execute(update(e).where(e.c.id == event_id).values(**values))
+        self._observe(row, channel)
+
+    def _observe(self, row: Any, channel: Channel) -> None:
+        lag = (datetime.now(UTC) - row["received_at"]).total_seconds()
+        metrics.processing_seconds.labels(channel=channel.value).observe(max(lag, 0))
+        log.info("inbound event %s processed", row["id"])
+
+    async def _effects(
+        self, conn: AsyncConnection, row: Any, senders: dict[str, Sender] | None
+    ) -> tuple[Channel, dict[str, Any]]:
+        """Write one event's effects; returns the values that mark it processed.
+
+        `senders` holds the batch's SMS senders, looked up at once (None: look up here).
+        """
+        event_id = row["id"]
+        channel = Channel(row["channel"])
+        payload = dict(row["payload"] or {})
+        media_count = int(payload.get("media_count", 0) or 0)
+        values: dict[str, Any] = {"status": "processed", "processed_at": datetime.now(UTC)}
+        if channel == Channel.EMAIL:
+            outcome = await mail_flow.handle_email(
+                conn,
+                self.settings,
+                event_id=event_id,
+                sender=row["sender"],
+                text=row["body"] or "",
+                payload=payload,
+                received_at=row["received_at"],
+                media_count=media_count,
+            )
+            # A subject may hold what the body would: keep only its redacted form.
+            payload["subject"] = redact(str(payload.get("subject") or ""))[0]
+            payload["sensitive"] = outcome.sensitive
+            values.update(body=outcome.body, payload=payload)
+        elif channel == Channel.TELEGRAM:
+            outcome = await telegram_bot.handle_update(
+                conn,
+                self.settings,
+                event_id=event_id,
+                chat_id=row["sender"],
+                text=row["body"] or "",
+                payload=payload,  # scrubbed in place of link codes and phone numbers
+                received_at=row["received_at"],
+                media_count=media_count,
+            )
+            payload["sensitive"] = outcome.sensitive
+            values.update(body=outcome.body, payload=payload)
+            if isinstance(outcome, telegram_bot.TelegramOutcome) and outcome.stranger:
+                values["sender"] = None
+        else:
+            if senders is not None and channel == Channel.SMS:
+                sender = senders.get(row["sender"])
             else:
                 sender = await find_sender(
                     conn, channel, row["sender"], self.settings.bridge.default_language
                 )
-                if sender is None:
-                    await self._unknown(conn, channel, row["sender"], row["received_at"])
-                    payload.pop("From", None)
-                    values.update(sender=None, body=None, payload=payload)
-                else:
-                    ctx = Context(
-                        conn=conn,
-                        settings=self.settings,
-                        channel=channel.value,
-                        address=row["sender"],
-                        sender=sender,
-                        event_id=event_id,
-                        received_at=row["received_at"],
-                    )
-                    outcome = await conversation.handle(ctx, row["body"] or "", media_count)
-                    payload["sensitive"] = outcome.sensitive
-                    values.update(body=outcome.body, payload=payload)
-            await conn.execute(update(e).where(e.c.id == event_id).values(**values))
-        lag = (datetime.now(UTC) - row["received_at"]).total_seconds()
-        metrics.processing_seconds.labels(channel=channel.value).observe(max(lag, 0))
-        log.info("inbound event %s processed", event_id)
+            if sender is None:
+                await self._unknown(conn, channel, row["sender"], row["received_at"])
+                payload.pop("From", None)
+                values.update(sender=None, body=None, payload=payload)
+            else:
+                ctx = Context(
+                    conn=conn,
+                    settings=self.settings,
+                    channel=channel.value,
+                    address=row["sender"],
+                    sender=sender,
+                    event_id=event_id,
+                    received_at=row["received_at"],
+                )
+                outcome = await conversation.handle(ctx, row["body"] or "", media_count)
+                payload["sensitive"] = outcome.sensitive
+                values.update(body=outcome.body, payload=payload)
+        return channel, values
 
     async def _unknown(
         self, conn: AsyncConnection, channel: Channel, address: str, received_at: datetime
