@@ -2,24 +2,129 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
+from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge import metrics
 
+log = logging.getLogger("skolebro.store")
+
 ENGINE: web.AppKey[AsyncEngine] = web.AppKey("engine", AsyncEngine)
+# /healthz waits this long for the store's answer before it says the store is slow.
+HEALTH_TIMEOUT_SECONDS = 3.0
+# A failed write keeps /healthz at "failing" this long, unless an insert succeeds first:
+# a full disk or a lock lets reads through, so a SELECT alone would say "ok".
+STORE_ERROR_WINDOW_SECONDS = 15.0
+# Errors about the statement or the data, not about the store being able to take writes.
+_NOT_STORE_FAULTS = (exc.IntegrityError, exc.ProgrammingError, exc.DataError)
+
+
+def _reason(error: BaseException | None) -> str:
+    """A short, data-free name for a store error: SQLite's error name, else the class."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        name = getattr(error, "sqlite_errorname", None)
+        if name:
+            return str(name)
+        error = error.__cause__ or error.__context__ or getattr(error, "orig", None)
+    return "error"
+
+
+class StoreHealth:
+    """Whether the store takes writes, as this process last saw it (for /healthz).
+
+    Fed by the engine's own events: a store error (lock, full disk, lost connection)
+    marks it failing, a later successful INSERT marks it ok again. The change is logged
+    once each way, with the error's name only (never a statement or its parameters).
+    """
+
+    def __init__(self) -> None:
+        self.failed_at: float | None = None
+        self.reason = ""
+
+    def watch(self, engine: AsyncEngine) -> None:
+        event.listen(engine.sync_engine, "handle_error", self._on_error)
+        event.listen(engine.sync_engine, "after_cursor_execute", self._on_execute)
+
+    def _on_error(self, context: Any) -> None:
+        error = context.sqlalchemy_exception or context.original_exception
+        if isinstance(error, _NOT_STORE_FAULTS) and not context.is_disconnect:
+            return
+        reason = _reason(context.original_exception)
+        if reason == "error":
+            reason = type(context.original_exception).__name__
+        if self.failed_at is None:
+            log.error("store failing: %s; inbound is answered 503 until it recovers", reason)
+        self.failed_at = time.monotonic()
+        self.reason = reason
+
+    def _on_execute(
+        self, _conn: Any, _cursor: Any, _stmt: Any, _params: Any, context: Any, _many: Any
+    ) -> None:
+        if self.failed_at is not None and context is not None and context.isinsert:
+            self.failed_at = None
+            log.warning("store recovered: writes succeed again")
+
+    def failing(self) -> str | None:
+        """The recent write error's name, or None."""
+        if self.failed_at is None:
+            return None
+        if time.monotonic() - self.failed_at > STORE_ERROR_WINDOW_SECONDS:
+            return None
+        return self.reason
+
+
+STORE_HEALTH: web.AppKey[StoreHealth] = web.AppKey("store_health", StoreHealth)
+PROBE: web.AppKey[dict[str, Any]] = web.AppKey("store_probe", dict)
+
+
+async def _select_one(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def _probe(app: web.Application) -> str | None:
+    """None when the store answers a SELECT in time, else a short reason.
+
+    The probe is never cancelled (cancelling a pooled connection mid-statement may
+    cost the connection); a slow one is left to finish and the next request reuses it.
+    """
+    box = app[PROBE]
+    task: asyncio.Task[None] | None = box.get("task")
+    if task is None or task.done():
+        task = asyncio.create_task(_select_one(app[ENGINE]))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        box["task"] = task
+    done, _ = await asyncio.wait({task}, timeout=HEALTH_TIMEOUT_SECONDS)
+    if not done:
+        return "slow"
+    error = task.exception()
+    if error is not None:  # any store failure means "not healthy", never a crash
+        reason = _reason(error)
+        return reason if reason != "error" else type(error).__name__
+    return None
 
 
 async def healthz(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception as e:  # any store failure means "not healthy", never a crash
-        return web.json_response({"status": "unavailable", "store": type(e).__name__}, status=503)
-    return web.json_response({"status": "ok", "store": "ok"})
+    app = request.app
+    body: dict[str, Any] = {"status": "ok", "store": "ok"}
+    unreachable = await _probe(app)
+    failing = app[STORE_HEALTH].failing()
+    if unreachable is not None:
+        body.update(status="unavailable", store="unavailable", store_error=unreachable)
+    elif failing is not None:
+        body.update(status="unavailable", store="failing", store_error=failing)
+    if metrics.circuits:
+        body["channels"] = dict(sorted(metrics.circuits.items()))
+    return web.json_response(body, status=200 if body["status"] == "ok" else 503)
 
 
 async def metrics_page(request: web.Request) -> web.Response:
@@ -33,6 +138,10 @@ async def metrics_page(request: web.Request) -> web.Response:
 def build_app(engine: AsyncEngine, *, client_max_size: int = 1024 * 1024) -> web.Application:
     app = web.Application(client_max_size=client_max_size)
     app[ENGINE] = engine
+    health = StoreHealth()
+    health.watch(engine)
+    app[STORE_HEALTH] = health
+    app[PROBE] = {}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     return app

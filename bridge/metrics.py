@@ -39,6 +39,21 @@ delivery_seconds = Histogram(
     registry=registry,
 )
 
+circuit_state = Gauge(
+    "skolebro_circuit_state",
+    "Outbound circuit breaker per channel: 0 closed, 1 half-open, 2 open",
+    ["channel"],
+    registry=registry,
+)
+CIRCUIT_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+# The breakers' states in this process, for /healthz (bridge.outbox keeps them current).
+circuits: dict[str, str] = {}
+
+
+def set_circuit(channel: str, state: str) -> None:
+    circuits[channel] = state
+    circuit_state.labels(channel=channel).set(CIRCUIT_VALUES[state])
+
 
 async def refresh_from_store(engine: AsyncEngine) -> None:
     """Set the gauges that are facts about the store rather than about this process."""

@@ -202,6 +202,103 @@ class RateLimit:
         self.tokens = -seconds * self.rate
 
 
+# The circuit breaker (per channel, per process): after this many transient failures in
+# a row the channel opens, its loop claims nothing for a cool-down, and then one probe
+# send decides (half-open). The cool-down doubles on each failed probe, to a cap. Module
+# constants rather than `[delivery]` keys (SPEC fixes that section); tests pass smaller
+# values to OutboxWorker.
+BREAKER_FAILURES = 10
+BREAKER_COOL_DOWN_SECONDS = 30.0
+BREAKER_COOL_DOWN_MAX_SECONDS = 300.0
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+class CircuitBreaker:
+    """One channel's breaker: closed -> open (cool-down) -> half-open (one probe) -> closed.
+
+    A send the provider answered (sent, or a permanent refusal of that one message)
+    closes it; a transient failure counts towards opening it. While it is open the
+    channel's loop claims nothing, so queued deliveries stay queued with their attempts
+    uncounted; sends already claimed when it opens are put back the same way.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        *,
+        failures: int = BREAKER_FAILURES,
+        cool_down: float = BREAKER_COOL_DOWN_SECONDS,
+        cool_down_max: float = BREAKER_COOL_DOWN_MAX_SECONDS,
+    ) -> None:
+        self.channel = channel
+        self.threshold = max(1, failures)
+        self.initial = cool_down
+        self.cap = max(cool_down, cool_down_max)
+        self.cool_down = cool_down
+        self.state = CLOSED
+        self.failures = 0  # transient failures in a row
+        self.opened_at = 0.0
+        self.probing = False  # the half-open probe is in flight
+        metrics.set_circuit(channel, CLOSED)
+
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when not open)."""
+        if self.state != OPEN:
+            return 0.0
+        return max(0.0, self.opened_at + self.cool_down - time.monotonic())
+
+    def claimable(self, wanted: int) -> int:
+        """How many deliveries the channel may claim now: all, none, or the one probe."""
+        if self.state == OPEN and self.retry_in() <= 0:
+            self._set(HALF_OPEN)
+        if self.state == CLOSED:
+            return wanted
+        if self.state == HALF_OPEN and not self.probing:
+            self.probing = True
+            return 1
+        return 0
+
+    def may_send(self, probe: bool) -> bool:
+        """Right before a provider call: False once the breaker opened meanwhile (a
+        half-open breaker lets only its probe through)."""
+        return self.state == CLOSED or (probe and self.state == HALF_OPEN)
+
+    def probe_unused(self) -> None:
+        """The probe's claim found nothing (or was put back): let the next round probe."""
+        self.probing = False
+
+    def record(self, outcome: SendOutcome) -> None:
+        if outcome != SendOutcome.TRANSIENT:
+            if self.state != CLOSED:
+                log.info("circuit for %s closed: the provider answers again", self.channel)
+            self.failures = 0
+            self.probing = False
+            self.cool_down = self.initial
+            self._set(CLOSED)
+            return
+        self.failures += 1
+        if self.state == HALF_OPEN:
+            self.probing = False
+            self.cool_down = min(self.cool_down * 2, self.cap)
+            self._open()
+        elif self.state == CLOSED and self.failures >= self.threshold:
+            self._open()
+
+    def _open(self) -> None:
+        self.opened_at = time.monotonic()
+        self._set(OPEN)
+        log.warning(
+            "circuit for %s open for %.0f s after %d transient failures in a row",
+            self.channel,
+            self.cool_down,
+            self.failures,
+        )
+
+    def _set(self, state: str) -> None:
+        self.state = state
+        metrics.set_circuit(self.channel, state)
+
+
 class OutboxWorker:
     """Claims due deliveries with a lease, sends them, and records what happened.
 
@@ -220,6 +317,9 @@ class OutboxWorker:
         *,
         batch: int = 200,
         concurrency: int = 32,
+        breaker_failures: int | None = None,
+        breaker_cool_down: float | None = None,
+        breaker_cool_down_max: float | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -238,17 +338,32 @@ class OutboxWorker:
         # Shared by a channel's rounds: two rounds overlap (one claims and records while
         # the other sends), and together they never exceed the concurrency limit.
         self.slots = {channel: asyncio.Semaphore(concurrency) for channel in self.limits}
+        self.breakers = {
+            channel: CircuitBreaker(
+                channel,
+                failures=BREAKER_FAILURES if breaker_failures is None else breaker_failures,
+                cool_down=(
+                    BREAKER_COOL_DOWN_SECONDS if breaker_cool_down is None else breaker_cool_down
+                ),
+                cool_down_max=(
+                    BREAKER_COOL_DOWN_MAX_SECONDS
+                    if breaker_cool_down_max is None
+                    else breaker_cool_down_max
+                ),
+            )
+            for channel in senders
+        }
 
     def _batch_for(self, channel: str) -> int:
         # About two seconds of sending: a rate-limited channel holds few leases at once.
         rate = self.limits[channel].rate if channel in self.limits else self.batch
         return max(1, min(self.batch, int(rate * 2)))
 
-    async def claim(self, channel: str) -> list[dict[str, Any]]:
+    async def claim(self, channel: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Lease up to a batch of due deliveries on one channel, counting the attempt."""
         d = t.deliveries
         now = datetime.now(UTC)
-        limit = self._batch_for(channel)
+        limit = self._batch_for(channel) if limit is None else min(limit, self._batch_for(channel))
         # One indexed query per priority, most urgent first, and one for leases that
         # ran out: each walks an index in order instead of sorting every due row.
         queries = [
@@ -322,18 +437,39 @@ class OutboxWorker:
         return sum(handled)
 
     async def _round(self, channel: str) -> int:
-        claimed = await self.claim(channel)
+        breaker = self.breakers.get(channel)
+        limit = None
+        probe = False  # this round claims the half-open breaker's one probe
+        if breaker is not None:
+            limit = breaker.claimable(self._batch_for(channel))
+            if limit == 0:
+                return 0
+            probe = breaker.state == HALF_OPEN
+        try:
+            claimed = await self.claim(channel, limit)
+        except BaseException:
+            if probe and breaker is not None:
+                breaker.probe_unused()
+            raise
         if not claimed:
+            if probe and breaker is not None:
+                breaker.probe_unused()
             return 0
         slots = self.slots[channel]
         results: list[tuple[dict[str, Any], SendResult]] = []
+        held: list[dict[str, Any]] = []
         flushing = asyncio.Lock()
 
         async def one(row: dict[str, Any]) -> None:
             async with slots:
+                if breaker is not None and not breaker.may_send(probe):
+                    held.append(row)
+                    return
                 result = await self._send(row)
             if result is None:
                 return
+            if breaker is not None:
+                breaker.record(result.outcome)
             results.append((row, result))
             if len(results) >= self.concurrency:
                 async with flushing:
@@ -341,10 +477,38 @@ class OutboxWorker:
                     del results[: len(batch)]
                     await self._record(batch)
 
-        await asyncio.gather(*(one(row) for row in claimed))
-        async with flushing:
-            await self._record(results)
-        return len(claimed)
+        try:
+            await asyncio.gather(*(one(row) for row in claimed))
+            async with flushing:
+                await self._record(results)
+            await self._put_back(held)
+        finally:
+            if probe and breaker is not None and breaker.state == HALF_OPEN:
+                breaker.probe_unused()  # the probe never reached the provider
+        return len(claimed) - len(held)
+
+    async def _put_back(self, rows: list[dict[str, Any]]) -> None:
+        """Claimed deliveries the open breaker kept from their send: queued again as
+        they were, the claim's attempt not counted (SPEC 8: they are not failing)."""
+        if not rows:
+            return
+        d = t.deliveries
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(d)
+                .where(
+                    d.c.id.in_([row["id"] for row in rows]),
+                    d.c.lease_owner == self.owner,
+                    d.c.status == "sending",
+                )
+                .values(
+                    status="queued",
+                    attempts=d.c.attempts - 1,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
+        log.info("circuit open: %d deliveries put back in the queue", len(rows))
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(

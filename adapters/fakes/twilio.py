@@ -207,6 +207,7 @@ class FakeTwilio(LoopbackFake):
         # (what reaches the server) by default; True to sign the URL as configured.
         self.sign_with_fragment = sign_with_fragment
         self.delay_seconds = 0.0  # latency added to every REST answer
+        self.create_requests = 0  # send requests received, whatever they were answered
         self.sent: list[SentMessage] = []
         self.callbacks: list[CallbackRecord] = []
         self.webhook_attempts: list[WebhookAttempt] = []
@@ -286,6 +287,10 @@ class FakeTwilio(LoopbackFake):
                 on=on,
             )
         )
+
+    def clear_failures(self) -> None:
+        """Forget the failures `fail_next` queued that have not happened yet."""
+        self._failures.clear()
 
     def mark_invalid(self, number: str) -> None:
         """Sends to `number` get 400 / 21211 (invalid 'To' number)."""
@@ -435,6 +440,7 @@ class FakeTwilio(LoopbackFake):
     # -- REST handlers ---------------------------------------------------------------
 
     async def _create(self, request: web.Request) -> web.Response:
+        self.create_requests += 1
         await self._latency()
         denied = self._authenticate(request)
         if denied is not None:
