@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import functools
 import multiprocessing
 import os
 import resource
@@ -62,6 +63,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import web
 from sqlalchemy import Column, DateTime, Integer, MetaData, Table, Text, func, insert, select
+from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from twilio.request_validator import RequestValidator
 
@@ -637,6 +639,113 @@ async def run_bridge(
     return result
 
 
+async def run_processing(args: argparse.Namespace, tmp: Path) -> TargetResult:
+    """The inbox alone, no HTTP: `--events` accepted SMS (the same mix as the load
+    generator's), then `InboxWorker.run_once` until none is pending, timed. Twice, each on
+    a fresh store: one event per transaction (`batch_events=1`, the shape processing had
+    before batches: the baseline) and the worker's default batches."""
+    from bridge import inbox
+    from bridge.config import parse_config
+    from bridge.domain import Channel, InboundEvent
+    from bridge.roster import import_roster
+    from bridge.store.migrate import upgrade
+
+    result = TargetResult("processing")
+    roster = tmp / "roster.csv"
+    if not roster.exists():
+        write_roster(roster, args.guardians)
+    for name, batch in (
+        ("one event per transaction", 1),
+        ("batches", getattr(inbox, "BATCH_EVENTS", 1)),
+    ):
+        database_url = f"sqlite+aiosqlite:///{tmp / f'processing-{name[0]}.db'}"
+        engine = create_engine(database_url)
+        await upgrade(engine)
+        await import_roster(engine, roster)
+        os.environ[TOKEN_ENV] = TOKEN
+        settings = parse_config(
+            f"""
+[bridge]
+public_url = "http://127.0.0.1:9"
+database_url = "{database_url}"
+[sms]
+enabled = true
+account_sid = "{ACCOUNT}"
+auth_token_env = "{TOKEN_ENV}"
+from_number = "{SCHOOL_NUMBER}"
+""",
+            base_dir=tmp,
+        )
+        for i in range(args.events):
+            g = (i * 7919) % args.guardians
+            sender = f"+{FIRST_MOBILE + g}" if i % STRANGER_EVERY else f"+4741{i % 1000000:06d}"
+            text = BODIES[i % len(BODIES)].format(n=child_name(g))
+            await inbox.accept(
+                engine,
+                InboundEvent(
+                    channel=Channel.SMS,
+                    external_id=f"SMp{i}",
+                    sender=sender,
+                    text=text,
+                    received_at=datetime.now(UTC),
+                    payload={"From": sender, "Body": text},
+                ),
+            )
+        try:
+            worker = inbox.InboxWorker(engine, settings, batch_events=batch)
+        except TypeError:  # a worker from before batches: one event per transaction
+            worker = inbox.InboxWorker(engine, settings)
+        statements = [0]
+        sa_event.listen(
+            engine.sync_engine,
+            "before_cursor_execute",
+            functools.partial(_count_statement, statements),
+        )
+        cpu0, started = cpu_seconds(), time.perf_counter()
+        handled = 0
+        while n := await worker.run_once():
+            handled += n
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu0
+        from bridge.store import tables as t
+
+        async with engine.connect() as conn:
+            found = await conn.execute(
+                select(t.inbound_events.c.status, func.count()).group_by(t.inbound_events.c.status)
+            )
+            statuses = {status: int(k) for status, k in found}
+        await engine.dispose()
+        result.extra[name] = {
+            "events": handled,
+            "per_second": handled / elapsed,
+            "cpu_ms": cpu / max(handled, 1) * 1000,
+            "statements": statements[0] / max(handled, 1),
+            "statuses": statuses,
+        }
+        print(
+            f"  processing, {name}: {handled} events in {elapsed:.2f}s,"
+            f" {handled / elapsed:.0f}/s, {cpu / max(handled, 1) * 1000:.2f} ms CPU and"
+            f" {statements[0] / max(handled, 1):.1f} statements per event; {statuses}",
+            flush=True,
+        )
+    return result
+
+
+def _count_statement(counter: list[int], *_: Any) -> None:
+    counter[0] += 1
+
+
+def processing_rows(result: TargetResult) -> Iterator[str]:
+    base, batched = result.extra["one event per transaction"], result.extra["batches"]
+    yield "| inbox alone (no HTTP) | one event per transaction | batches | batches/one |"
+    yield "| --- | ---: | ---: | ---: |"
+    yield (
+        f"| **events processed/s** | {base['per_second']:.0f} | {batched['per_second']:.0f} |"
+        f" {batched['per_second'] / base['per_second']:.2f} |"
+    )
+    yield f"| CPU per event (ms) | {base['cpu_ms']:.2f} | {batched['cpu_ms']:.2f} | |"
+    yield f"| SQL statements per event | {base['statements']:.1f} | {batched['statements']:.1f} | |"
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -760,10 +869,16 @@ def main() -> int:
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument(
-        "--only", choices=["null", "floor", "bridge"], action="append", help="measure only these"
+        "--only",
+        choices=["null", "floor", "bridge", "processing"],
+        action="append",
+        help="measure only these",
+    )
+    parser.add_argument(
+        "--events", type=int, default=3000, help="events for the inbox-alone measurement"
     )
     args = parser.parse_args()
-    targets = args.only or ["null", "floor", "bridge"]
+    targets = args.only or ["null", "floor", "bridge", "processing"]
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     server_cpu = client_cpu = None
@@ -784,13 +899,21 @@ def main() -> int:
                 print(f"{name}: {TARGETS[name]}", flush=True)
                 if name == "bridge":
                     results[name] = asyncio.run(run_bridge(client, args, Path(tmp), client_cpu))
+                elif name == "processing":
+                    results[name] = asyncio.run(run_processing(args, Path(tmp)))
                 else:
                     results[name] = asyncio.run(run_plain(client, args, Path(tmp), name))
     finally:
         client.close()
     print()
-    for line in rows_for(results, args):
-        print(line)
+    plain = {k: v for k, v in results.items() if k != "processing"}
+    if plain:
+        for line in rows_for(plain, args):
+            print(line)
+    if "processing" in results:
+        print()
+        for line in processing_rows(results["processing"]):
+            print(line)
     if "bridge" in results:
         print()
         print(
@@ -807,6 +930,7 @@ TARGETS = {
     "null": "reads the form and answers; no signature check, no store (load-generator check)",
     "floor": "bare aiohttp handler: RequestValidator + one INSERT per request",
     "bridge": "Bridge with [sms] enabled, inbox and outbox workers, replies via the Twilio fake",
+    "processing": "the inbox worker alone on accepted events: one per transaction, then batches",
 }
 
 
