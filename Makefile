@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 CONFIG ?= config.example.toml
 WORKERS ?= auto
 
-.PHONY: venv demo run test test-slow lint typecheck bench clean
+.PHONY: venv demo run test test-slow lint typecheck bench bench-morning clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/bench_understand.py
 	$(BIN)/python bench/bench_roster.py
+
+# Issue #10: the morning rush replayed against `skolebro run` (about 10 minutes); see bench/RESULTS.md.
+bench-morning: venv
+	$(BIN)/pip install --quiet -e ".[test,bench]"
+	$(BIN)/python bench/bench_morning.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
