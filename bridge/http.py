@@ -19,9 +19,9 @@ log = logging.getLogger("skolebro.store")
 ENGINE: web.AppKey[AsyncEngine] = web.AppKey("engine", AsyncEngine)
 # /healthz waits this long for the store's answer before it says the store is slow.
 HEALTH_TIMEOUT_SECONDS = 3.0
-# A failed write keeps /healthz at "failing" this long, unless an insert succeeds first:
-# a full disk or a lock lets reads through, so a SELECT alone would say "ok".
-STORE_ERROR_WINDOW_SECONDS = 15.0
+# A store error keeps /healthz at "failing" this long: a full disk or a lock lets reads
+# through, so a SELECT alone would say "ok" while no inbound event can be stored.
+STORE_ERROR_WINDOW_SECONDS = 10.0
 # Errors about the statement or the data, not about the store being able to take writes.
 _NOT_STORE_FAULTS = (exc.IntegrityError, exc.ProgrammingError, exc.DataError)
 
@@ -41,9 +41,9 @@ def _reason(error: BaseException | None) -> str:
 class StoreHealth:
     """Whether the store takes writes, as this process last saw it (for /healthz).
 
-    Fed by the engine's own events: a store error (lock, full disk, lost connection)
-    marks it failing, a later successful INSERT marks it ok again. The change is logged
-    once each way, with the error's name only (never a statement or its parameters).
+    Fed by the engine's own `handle_error` event: a store error (lock, full disk, lost
+    connection) marks it failing for `STORE_ERROR_WINDOW_SECONDS`. An outage is logged
+    once, when it starts, with the error's name only (never a statement or parameters).
     """
 
     def __init__(self) -> None:
@@ -52,7 +52,6 @@ class StoreHealth:
 
     def watch(self, engine: AsyncEngine) -> None:
         event.listen(engine.sync_engine, "handle_error", self._on_error)
-        event.listen(engine.sync_engine, "after_cursor_execute", self._on_execute)
 
     def _on_error(self, context: Any) -> None:
         error = context.sqlalchemy_exception or context.original_exception
@@ -61,20 +60,13 @@ class StoreHealth:
         reason = _reason(context.original_exception)
         if reason == "error":
             reason = type(context.original_exception).__name__
-        if self.failed_at is None:
+        if self.failing() is None:
             log.error("store failing: %s; inbound is answered 503 until it recovers", reason)
         self.failed_at = time.monotonic()
         self.reason = reason
 
-    def _on_execute(
-        self, _conn: Any, _cursor: Any, _stmt: Any, _params: Any, context: Any, _many: Any
-    ) -> None:
-        if self.failed_at is not None and context is not None and context.isinsert:
-            self.failed_at = None
-            log.warning("store recovered: writes succeed again")
-
     def failing(self) -> str | None:
-        """The recent write error's name, or None."""
+        """The name of a store error seen within the window, or None."""
         if self.failed_at is None:
             return None
         if time.monotonic() - self.failed_at > STORE_ERROR_WINDOW_SECONDS:
