@@ -188,8 +188,9 @@ class InboxWorker:
         try:
             return await self._process_batch(ids)
         except _EventFailed as failed:
-            if failed.index:
-                await self._batch(ids[: failed.index])  # the good ones, committed once
+            done = 0
+            while done < failed.index:  # the good ones before it, committed once, in order
+                done += await self._batch(ids[done : failed.index])
             await self.process(ids[failed.index])  # alone: a failure counts there
             return failed.index + 1
         except Exception:
