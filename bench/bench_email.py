@@ -43,14 +43,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
-import io
 import logging
 import multiprocessing
 import os
 import platform
-import pstats
-import resource
 import sqlite3
 import sys
 import tempfile
@@ -70,7 +66,15 @@ if str(REPO) not in sys.path:  # tests.world is not an installed package
     sys.path.insert(0, str(REPO))
 
 import aiosmtplib  # noqa: E402
-from sqlalchemy import event, func, select  # noqa: E402
+from common import (  # noqa: E402
+    Profiler,
+    StatementCounter,
+    cpu_seconds,
+    load_average,
+    migrated_sqlite,
+    pin,
+)
+from sqlalchemy import func, select  # noqa: E402
 
 from adapters.fakes.smtp import FakeSmtp  # noqa: E402
 from adapters.mail_filters import Envelope as MailEnvelope  # noqa: E402
@@ -79,8 +83,6 @@ from adapters.mail_out import MailSender, build_message, content_for  # noqa: E4
 from bridge.config import parse_config  # noqa: E402
 from bridge.domain import Channel, Outgoing, mail_content  # noqa: E402
 from bridge.store import tables as t  # noqa: E402
-from bridge.store.db import create_engine  # noqa: E402
-from bridge.store.migrate import upgrade  # noqa: E402
 from tests.world import running_world, write_roster  # noqa: E402
 
 REPLY_DOMAIN = "svar.example.kommune.no"  # what running_world configures
@@ -102,31 +104,12 @@ SUBJECTS = ["Fravær", "Spørsmål", "Barn{i}", "Gymtøy", "Syk", "Turdag"]
 # -- helpers --------------------------------------------------------------------------------
 
 
-def pin(cpu: int | None) -> None:
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-
-
-def cpu_seconds() -> float:
-    """CPU seconds used by this process so far, all threads."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
-
-
-def load_average() -> str:
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "?"
-    return f"{one:.1f}/{five:.1f}"
 
 
 @dataclass
@@ -241,14 +224,6 @@ class Client:
 # -- (a) inbound --------------------------------------------------------------------------
 
 
-async def migrated_sqlite(folder: Path) -> str:
-    url = f"sqlite+aiosqlite:///{folder / 'skolebro.db'}"
-    engine = create_engine(url)
-    await upgrade(engine)
-    await engine.dispose()
-    return url
-
-
 async def inbound_baseline(args: argparse.Namespace, mails: list[Mail]) -> dict[str, Any]:
     sink = FakeSmtp()
     await sink.start()
@@ -280,85 +255,6 @@ async def _wait_processed(engine: Any, target: int, limit: float) -> float | Non
             return time.perf_counter()
         await asyncio.sleep(0.1)
     return None
-
-
-class Profiler:
-    """cProfile of the main thread (the event loop) while enabled, or nothing."""
-
-    def __init__(self, on: bool) -> None:
-        # Timed by the main thread's CPU clock: waiting (epoll, the pool) costs nothing.
-        self.profile = cProfile.Profile(time.thread_time) if on else None
-
-    def __enter__(self) -> Profiler:
-        if self.profile is not None:
-            self.profile.enable()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.profile is not None:
-            self.profile.disable()
-
-    def print(self, title: str, rows: int = 25) -> None:
-        if self.profile is None:
-            return
-        out = io.StringIO()
-        stats = pstats.Stats(self.profile, stream=out)
-        by_area: Counter[str] = Counter()
-        for (path, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-            by_area[area(path)] += tottime
-        total = sum(by_area.values()) or 1.0
-        stats.sort_stats("tottime").print_stats(rows)
-        print(f"\n--- profile: {title} (event-loop thread CPU, cProfile inflates it) ---")
-        print(
-            "CPU by area: "
-            + ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in by_area.most_common())
-        )
-        print(out.getvalue())
-
-
-class StatementCounter:
-    """Counts the SQL statements an engine runs, by kind and table (load-independent)."""
-
-    def __init__(self, engine: Any) -> None:
-        self.by_kind: Counter[str] = Counter()
-        self.total = 0
-        event.listen(engine.sync_engine, "before_cursor_execute", self._seen)
-
-    def _seen(self, conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-        self.total += 1
-        words = statement.split()
-        verb = words[0].upper() if words else "?"
-        if verb == "UPDATE":
-            after = 0
-        else:
-            after = next((i for i, w in enumerate(words) if w in ("FROM", "INTO")), len(words))
-        table = words[after + 1] if after + 1 < len(words) else "?"
-        self.by_kind[f"{verb} {table}"] += 1
-
-    def top(self, n: int = 12) -> str:
-        return ", ".join(f"{k} {v}" for k, v in self.by_kind.most_common(n))
-
-
-def area(path: str) -> str:
-    """Which library (or part of ours) a profiled function's file belongs to."""
-    for marker, name in (
-        ("/bridge/", "bridge"),
-        ("/adapters/", "adapters"),
-        ("/scheduler/", "scheduler"),
-        ("site-packages/sqlalchemy/", "sqlalchemy"),
-        ("site-packages/aiosqlite/", "aiosqlite"),
-        ("site-packages/aiosmtpd/", "aiosmtpd"),
-        ("site-packages/aiosmtplib/", "aiosmtplib"),
-        ("site-packages/aiohttp/", "aiohttp"),
-        ("site-packages/aiogram/", "aiogram"),
-        ("site-packages/pydantic", "pydantic"),
-        ("/email/", "stdlib email"),
-        ("/asyncio/", "asyncio"),
-        ("/bench/", "bench"),
-    ):
-        if marker in path:
-            return name
-    return "other" if path != "~" else "builtins"
 
 
 async def inbound_bridge(
