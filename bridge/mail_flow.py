@@ -72,6 +72,9 @@ async def handle_email(
             log.info("mail event %s: not from the token's recipient; no effect", event_id)
             return Outcome(body=None)
         if binding.recipient_kind in ("staff", "unit"):
+            if not await _still_staff(conn, binding):
+                log.info("mail event %s: the token's staff no longer serve there", event_id)
+                return Outcome(body=None)
             return await _staff_reply(conn, settings, binding, event_id, new_text, received_at)
     guardian = await find_sender(conn, Channel.EMAIL, sender, settings.bridge.default_language)
     if guardian is None:
@@ -89,6 +92,33 @@ async def handle_email(
         unit_hint=None if token else local.lower(),
     )
     return await conversation.handle(ctx, new_text, media_count)
+
+
+async def _still_staff(conn: AsyncConnection, binding: reply_tokens.ReplyToken) -> bool:
+    """A staff token acts only while its holder is active staff of the thread's unit
+    (a unit's own address, while the unit is active): the roster takes it back at once."""
+    unit_id = binding.unit_id
+    if binding.thread_id:
+        unit_id = await conn.scalar(
+            select(t.threads.c.unit_id).where(t.threads.c.id == binding.thread_id)
+        )
+    if unit_id is None:
+        return False
+    if binding.recipient_kind == "unit":
+        active = await conn.scalar(select(t.units.c.active).where(t.units.c.id == unit_id))
+        return bool(active)
+    s, su = t.staff, t.staff_units
+    found = await conn.scalar(
+        select(s.c.id)
+        .join(su, su.c.staff_id == s.c.id)
+        .where(
+            s.c.id == binding.recipient_id,
+            s.c.active.is_(True),
+            su.c.unit_id == unit_id,
+            su.c.active.is_(True),
+        )
+    )
+    return found is not None
 
 
 async def _staff_reply(
