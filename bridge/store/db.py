@@ -114,6 +114,9 @@ class _OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine; on SQLite every connection gets WAL and foreign keys."""
     url = make_url(database_url)
+    # A store error's message (and so any logged traceback) must not carry the
+    # statement's parameters: they hold bodies, numbers and addresses.
+    kwargs.setdefault("hide_parameters", True)
     if url.get_backend_name() == "sqlite":
         # One connection: SQLite has one writer, and queueing for it in Python is far
         # cheaper than SQLite's busy handler, which sleeps in growing steps.

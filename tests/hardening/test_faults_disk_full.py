@@ -133,11 +133,6 @@ async def test_events_stored_while_the_disk_is_full_are_processed_once_it_is_fre
         await eventually(confirmed, within=60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/store/db.py create_engine does not pass hide_parameters=True: a store "
-    "error's logged traceback carries the statement's parameters (bodies, numbers)",
-)
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_store_errors_log_no_sql_parameters(
     database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
