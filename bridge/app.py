@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from bridge.api import add_api
 from bridge.config import Settings
 from bridge.domain import Accepted, InboundEvent, StatusUpdate
 from bridge.http import build_app
+from bridge.intake import Intake
 from bridge.leader import Leadership
 from bridge.store.db import create_engine
 
@@ -32,6 +34,7 @@ class Bridge:
         self.settings = settings
         self.engine = create_engine(settings.database_url)
         self.inbox = inbox.InboxWorker(self.engine, settings)
+        self.intake = Intake(self.engine)  # group commit: many webhooks, one transaction
         self.senders: dict[str, Any] = {}
         self.app = build_app(self.engine)
         self.stopping = asyncio.Event()
@@ -74,7 +77,7 @@ class Bridge:
         add_api(self.app, self.engine, settings, on_outbound=self.outbox.wake.set)
 
     async def accept(self, event: InboundEvent) -> Accepted:
-        accepted = await inbox.accept(self.engine, event)
+        accepted = await self.intake.accept(event)
         if accepted.new:
             self.inbox.wake.set()
         query_id = event.payload.get("callback_query_id")
@@ -193,6 +196,8 @@ class Bridge:
         if self.mail_listener is not None:
             await self.mail_listener.stop()
         await self._stop_singletons()
+        with contextlib.suppress(TimeoutError):  # a timeout answers the waiters "unavailable"
+            await asyncio.wait_for(self.intake.close(), STOP_SECONDS / 3)
         self.stopping.set()
         if self.tasks:
             _, pending = await asyncio.wait(self.tasks, timeout=STOP_SECONDS - 6)

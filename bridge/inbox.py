@@ -9,17 +9,15 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge import conversation, mail_flow, metrics, outbox, telegram_bot
 from bridge.config import Settings
 from bridge.conversation import Context
 from bridge.directory import Sender, batch_cache, find_sender, find_senders
-from bridge.domain import Accepted, Channel, InboundEvent, StoreUnavailable
+from bridge.domain import Accepted, Channel, InboundEvent
 from bridge.i18n import translate
+from bridge.intake import store_events
 from bridge.store import tables as t
 from bridge.understand import redact
 
@@ -54,42 +52,10 @@ async def retry(engine: AsyncEngine, ids: list[int], *, all_dead: bool = False) 
 async def accept(engine: AsyncEngine, event: InboundEvent) -> Accepted:
     """Commit the raw event once per (channel, external id); StoreUnavailable if we can't.
 
-    One INSERT ... ON CONFLICT DO NOTHING RETURNING: a new event costs one statement;
-    only a repeat needs a second one to find the stored id.
+    One event alone through `bridge.intake.store_events`; the running bridge takes
+    webhooks through `bridge.intake.Intake`, which commits many at once the same way.
     """
-    e = t.inbound_events
-    row = {
-        "channel": event.channel.value,
-        "external_id": event.external_id,
-        "sender": event.sender,
-        "body": event.text,
-        "payload": {**event.payload, "media_count": event.media_count},
-        "received_at": event.received_at,
-        "status": "pending",
-        "attempts": 0,
-    }
-    try:
-        async with engine.begin() as conn:
-            dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            event_id = await conn.scalar(
-                dialect_insert(e)
-                .values(**row)
-                .on_conflict_do_nothing(index_elements=["channel", "external_id"])
-                .returning(e.c.id)
-            )
-            if event_id is None:
-                found = await conn.scalar(
-                    select(e.c.id).where(
-                        e.c.channel == event.channel.value, e.c.external_id == event.external_id
-                    )
-                )
-                if found is None:
-                    raise StoreUnavailable("inbound event neither stored nor found")
-                return Accepted(int(found), new=False)
-    except (OperationalError, DBAPIError, OSError) as exc:
-        raise StoreUnavailable(type(exc).__name__) from exc
-    metrics.inbound_total.labels(channel=event.channel.value).inc()
-    return Accepted(int(event_id), new=True)
+    return (await store_events(engine, [event]))[0]
 
 
 # --- processing ------------------------------------------------------------------------
