@@ -1,6 +1,6 @@
 """Signed Twilio inbound webhooks on SQLite: the real bridge beside a bare floor.
 
-Run: .venv/bin/python bench/bench_sms_inbound.py [--seconds N] [--rate 1000]
+Run: .venv/bin/python bench/bench_sms_inbound.py [--seconds N] [--rate 1000 [--rate 400]]
 
 Two servers are measured in the same run, one after the other, each on a fresh SQLite
 file (WAL, synchronous=NORMAL, through `bridge.store.db.create_engine`):
@@ -23,7 +23,8 @@ inbound forms (the fake's `inbound_form` + `signature`, a unique MessageSid each
 - half: open loop at half the rate that server just acknowledged, for `--rate-seconds`
   -> latency when it is not overloaded;
 - rate: open loop at `--rate` requests/s for `--rate-seconds` (sends go out on schedule
-  whatever the answers) -> p50/p95/p99 acknowledgement latency. Latency is measured from
+  whatever the answers) -> p50/p95/p99 acknowledgement latency; one such phase per
+  `--rate` given (e.g. `--rate 200 --rate 400 --rate 1000`). Latency is measured from
   each request's scheduled send time, so a server that falls behind is not excused.
 
 For the bridge, after each phase: events processed per second while the load ran, the
@@ -414,8 +415,19 @@ class TargetResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# Phases in the order they run; tags keep each phase's MessageSids apart.
-PHASES = ("warmup", "throughput", "half", "rate")
+# Phases in the order they run; tags keep each phase's MessageSids apart. Then one
+# open-loop phase per offered rate (`--rate`, several allowed), named "rate <r>".
+PHASES = ("warmup", "throughput", "half")
+
+
+def phases(args: argparse.Namespace) -> list[str]:
+    return [*PHASES, *(rate_phase(r) for r in args.rate)]
+
+
+def rate_phase(rate: float) -> str:
+    return f"rate {rate:g}"
+
+
 WARM_REQUESTS = 60  # per fresh bridge, before its measured phase
 
 
@@ -429,14 +441,14 @@ async def drive(
         count = int(args.max_rate_guess * seconds)
         run = {"op": "closed", "url": url, "seconds": seconds, "concurrency": args.concurrency}
     else:
-        if kind == "rate":
-            rate = args.rate
+        if kind.startswith("rate "):
+            rate = float(kind.split()[1])
         else:  # half of what this server acknowledged per second in the throughput phase
             c = result.phases["throughput"].client
             rate = max(1.0, round(c["ok"] / c["elapsed"] / 2))
         count = max(1, int(rate * args.rate_seconds))
         run = {"op": "open", "url": url, "rate": rate}
-    await client.run(op="prepare", url=url, tag=PHASES.index(kind), count=count)
+    await client.run(op="prepare", url=url, tag=phases(args).index(kind), count=count)
     cpu0 = cpu_seconds()
     outcome = await client.run(**run)
     return Phase(kind, outcome, cpu_seconds() - cpu0, rate)
@@ -490,7 +502,7 @@ async def run_plain(
     await web.TCPSite(runner, "127.0.0.1", port).start()
     result = TargetResult(name)
     try:
-        for kind in PHASES:
+        for kind in phases(args):
             result.phases[kind] = await drive(client, url, args, result, kind)
             print(f"  {name} {kind}: {summary(result.phases[kind])}", flush=True)
         async with engine.connect() as conn:
@@ -610,17 +622,20 @@ async def run_bridge(
     result = TargetResult("bridge")
     totals: Counter[str] = Counter()
     try:
-        for kind in PHASES[1:]:
+        for kind in phases(args)[1:]:
             async with fresh_bridge(args, tmp, twilio, kind) as bridge:
                 url = bridge.settings.bridge.public_url + SMS_PATH
-                tag = 0x10 + PHASES.index(kind)
+                tag = 0x40 + phases(args).index(kind)
                 await client.run(op="prepare", url=url, tag=tag, count=WARM_REQUESTS)
                 await client.run(op="closed", url=url, seconds=30.0, concurrency=4)
                 await wait_processed(bridge.engine, tag, time.time(), 30.0)
                 sent_before = (await twilio.counts())["sent"]
                 phase = await drive(client, url, args, result, kind)
                 phase.processing = await wait_processed(
-                    bridge.engine, PHASES.index(kind), phase.client["end_wall"], args.drain_limit
+                    bridge.engine,
+                    phases(args).index(kind),
+                    phase.client["end_wall"],
+                    args.drain_limit,
                 )
                 phase.processing["replies"] = (await twilio.counts())["sent"] - sent_before
                 result.phases[kind] = phase
@@ -821,8 +836,8 @@ def rows_for(results: dict[str, TargetResult], args: argparse.Namespace) -> Iter
         "load generator CPU busy",
         lambda r: f"{thr(r).client['client_cpu'] / thr(r).client['elapsed']:.0%}",
     )
-    for kind in ("rate", "half"):
-        label = f"{args.rate:g}/s" if kind == "rate" else "half its throughput"
+    for kind in ["half", *(rate_phase(r) for r in args.rate)]:
+        label = f"{kind.split()[1]}/s" if kind != "half" else "half its throughput"
         yield row(
             f"offered {label} for {args.rate_seconds:g} s: offered / acknowledged per s",
             offered(kind),
@@ -832,10 +847,12 @@ def rows_for(results: dict[str, TargetResult], args: argparse.Namespace) -> Iter
     if "bridge" not in results:
         return
     blank = " |" * (len(names) - 1)
-    for kind in ("throughput", "half", "rate"):
+    for kind in ["throughput", "half", *(rate_phase(r) for r in args.rate)]:
         phase = results["bridge"].phases[kind]
         p = phase.processing
-        name = {"throughput": "throughput", "half": "half-throughput"}.get(kind, f"{args.rate:g}/s")
+        name = {"throughput": "throughput", "half": "half-throughput"}.get(kind) or (
+            f"{kind.split()[1]}/s"
+        )
         during = p["processed_during_load"] / phase.client["elapsed"]
         lag = "not drained" if p["lag"] is None else f"{p['lag']:.1f} s"
         after = "-" if p["rate_after_load"] is None else f"{p['rate_after_load']:.0f}"
@@ -852,7 +869,12 @@ def rows_for(results: dict[str, TargetResult], args: argparse.Namespace) -> Iter
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="throughput phase length")
-    parser.add_argument("--rate", type=float, default=1000.0, help="offered requests/s")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        action="append",
+        help="offered requests/s of an open-loop phase; repeat for several (default 1000)",
+    )
     parser.add_argument(
         "--rate-seconds", type=float, default=2.0, help="length of each offered-load phase"
     )
@@ -878,6 +900,7 @@ def main() -> int:
         "--events", type=int, default=3000, help="events for the inbox-alone measurement"
     )
     args = parser.parse_args()
+    args.rate = args.rate or [1000.0]
     targets = args.only or ["null", "floor", "bridge", "processing"]
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
