@@ -49,7 +49,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -73,6 +72,7 @@ from common import (
     percentile,
     pin,
     proc_memory_mb,
+    work_folder,
 )
 
 from adapters.fakes.smtp import FakeSmtp
@@ -167,11 +167,18 @@ def write_roster(path: Path, guardians: int, students: int) -> int:
     return schools
 
 
-def config_text(port: int, twilio: str, telegram: str, smtp_port: int, mail_port: int) -> str:
+def config_text(
+    port: int,
+    twilio: str,
+    telegram: str,
+    smtp_port: int,
+    mail_port: int,
+    database_url: str = "sqlite+aiosqlite:///skolebro.db",
+) -> str:
     per_channel = 1500  # the fakes' shared pace is what binds, as the providers' would
     return f"""[bridge]
 public_url = "http://127.0.0.1:{port}"
-database_url = "sqlite+aiosqlite:///skolebro.db"
+database_url = "{database_url}"
 
 [http]
 host = "127.0.0.1"
@@ -236,6 +243,8 @@ class Sends:
     log: list[tuple[float, str, bool]] = field(default_factory=list)
     storm: int = 0
     storm_last: float = 0.0
+    storm_by_channel: Counter[str] = field(default_factory=Counter)
+    storm_last_by_channel: dict[str, float] = field(default_factory=dict)
 
     def add(self, channel: str, text: str) -> None:
         now = time.monotonic()
@@ -244,6 +253,8 @@ class Sends:
         if storm:
             self.storm += 1
             self.storm_last = now
+            self.storm_by_channel[channel] += 1
+            self.storm_last_by_channel[channel] = now
 
 
 class PacedTwilio(FakeTwilio):
@@ -363,7 +374,13 @@ class Ack:
 class Morning:
     """The load generator, the fakes' hooks and the sampler, on this process's loop."""
 
-    def __init__(self, args: argparse.Namespace, folder: Path, port: int) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        folder: Path,
+        port: int,
+        twilio_cls: type[PacedTwilio] = PacedTwilio,
+    ) -> None:
         self.args = args
         self.folder = folder
         self.base = f"http://127.0.0.1:{port}"
@@ -372,7 +389,7 @@ class Morning:
         self.twilio_token = secrets.token_hex(16)
         self.bot_token = f"{secrets.randbelow(9 * 10**8) + 10**8}:{secrets.token_urlsafe(26)}"
         self.webhook_secret = secrets.token_urlsafe(24)
-        self.twilio = PacedTwilio(
+        self.twilio = twilio_cls(
             self.pace,
             self.sends,
             self._on_sms,
@@ -398,6 +415,41 @@ class Morning:
         self.api_key = ""
         self.db = folder / "skolebro.db"
         self.schools = 0
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def start_fakes(self, stack: contextlib.AsyncExitStack) -> dict[str, str]:
+        """Start the fakes; return the environment that holds the bridge's secrets."""
+        for fake in (self.twilio, self.telegram, self.smtp):
+            await stack.enter_async_context(fake)
+        env = dict(os.environ)
+        env.update(
+            BENCH_MORNING_TWILIO_TOKEN=self.twilio_token,
+            BENCH_MORNING_BOT_TOKEN=self.bot_token,
+            BENCH_MORNING_WEBHOOK_SECRET=self.webhook_secret,
+        )
+        return env
+
+    def write_config(self, folder: Path, port: int, database_url: str | None = None) -> Path:
+        """`folder`/skolebro.toml for a bridge on `port`, pointed at this run's fakes."""
+        self.mail_port = free_port()
+        extra = {"database_url": database_url} if database_url else {}
+        (folder / "skolebro.toml").write_text(
+            config_text(
+                port,
+                self.twilio.base_url,
+                self.telegram.base_url,
+                self.smtp.port,
+                self.mail_port,
+                **extra,
+            )
+        )
+        return folder
+
+    def link_chats(self, guardians: int) -> None:
+        for g in range(guardians):
+            if first_channel(g) == "telegram":
+                self.telegram.add_chat(FIRST_CHAT + g, first_name="Forelder", last_name="Test")
 
     # -- sending as parents -------------------------------------------------------------
 
@@ -634,6 +686,19 @@ def link_telegram(db: Path, guardians: int) -> int:
     return len(rows)
 
 
+def start_bridge(
+    folder: Path, env: dict[str, str], cpu: int | None, log_name: str = "bridge.log"
+) -> tuple[subprocess.Popen[bytes], Any]:
+    """`skolebro run` on `folder`/skolebro.toml (pinned to `cpu`), its output in a log."""
+    log = (folder / log_name).open("wb")
+    proc = subprocess.Popen(
+        [str(SKOLEBRO), "--config", str(folder / "skolebro.toml"), "run"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: pin(cpu)) if cpu is not None else None,
+    )  # fmt: skip
+    return proc, log
+
+
 def proc_cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -684,18 +749,8 @@ async def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     m = Morning(args, folder, port)
     figures: dict[str, Any] = {"load_start": load_average()}
     async with contextlib.AsyncExitStack() as stack:
-        for fake in (m.twilio, m.telegram, m.smtp):
-            await stack.enter_async_context(fake)
-        m.mail_port = free_port()
-        (folder / "skolebro.toml").write_text(
-            config_text(port, m.twilio.base_url, m.telegram.base_url, m.smtp.port, m.mail_port)
-        )
-        env = dict(os.environ)
-        env.update(
-            BENCH_MORNING_TWILIO_TOKEN=m.twilio_token,
-            BENCH_MORNING_BOT_TOKEN=m.bot_token,
-            BENCH_MORNING_WEBHOOK_SECRET=m.webhook_secret,
-        )
+        env = await m.start_fakes(stack)
+        m.write_config(folder, port)
         t = time.perf_counter()
         m.schools = write_roster(folder / "roster.csv", args.guardians, args.students)
         cli(folder, env, "init")
@@ -708,9 +763,7 @@ async def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         units = [a for s in range(m.schools) for a in ("--unit", f"u-{s}")]
         m.api_key = cli(folder, env, "apikey", "create", *units).strip()
         figures["linked"] = link_telegram(m.db, args.guardians)
-        for g in range(args.guardians):
-            if first_channel(g) == "telegram":
-                m.telegram.add_chat(FIRST_CHAT + g, first_name="Forelder", last_name="Test")
+        m.link_chats(args.guardians)
         arrivals, peak = schedule(args, rnd)
         figures["peak_minute"] = peak
         figures["db_before_mb"] = db_size_mb(m.db)
@@ -722,13 +775,7 @@ async def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             flush=True,
         )
 
-        log = (folder / "bridge.log").open("wb")
-        cpu = None if args.no_pin else 0
-        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock runs
-            [str(SKOLEBRO), "--config", str(folder / "skolebro.toml"), "run"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: pin(cpu)) if cpu is not None else None,
-        )  # fmt: skip
+        proc, log = start_bridge(folder, env, None if args.no_pin else 0)
         m.bridge_pid = proc.pid
         pin(None if args.no_pin else 1)
         try:
@@ -807,6 +854,10 @@ async def measure(m: Morning, arrivals: list[Arrival], args: argparse.Namespace)
             "deliveries": m.storm.get("deliveries", 0),
             "handed": m.sends.storm,
             "done_s": (m.sends.storm_last - m.storm["start"]) if m.storm_done() else None,
+            "by_channel": {
+                ch: (n, m.sends.storm_last_by_channel[ch] - m.storm.get("start", 0))
+                for ch, n in m.sends.storm_by_channel.items()
+            },
         },
         "answered": m.answered,
         "unanswered_questions": len(m.waiting),
@@ -852,6 +903,8 @@ def report(args: argparse.Namespace, f: dict[str, Any]) -> list[str]:
         f"t={st['at']:.1f} s; handed to the fakes: {st['handed']} in "
         f"{'not done' if done is None else f'{done:.1f} s'} (goal < {GOALS['storm_s']:.0f} s: "
         f"{verdict(done is not None and done < GOALS['storm_s'])})")  # fmt: skip
+    for ch, (n, last) in sorted(st["by_channel"].items()):
+        say(f"  {ch}: {n} storm sends, the last at {last:.1f} s")
     if done:
         say(f"  storm throughput {st['handed'] / done:.0f} sends/s "
             f"(fakes capped at {args.send_rate:g}/s in total)")  # fmt: skip
@@ -864,6 +917,8 @@ def report(args: argparse.Namespace, f: dict[str, Any]) -> list[str]:
         f"{'not drained' if f['drain_s'] is None else format(f['drain_s'], '.1f') + ' s'} "
         f"(limit {args.drain_limit:.0f} s)")  # fmt: skip
     hwm = f.get("bridge_hwm_mb", 0.0)
+    first_rss = next((s["rss"] for s in f["samples"] if s["rss"]), 0.0)
+    say(f"bridge RSS at the start of the morning: {first_rss:.0f} MB")
     say(f"peak RSS: bridge {hwm:.0f} MB (goal < {GOALS['rss_mb']:.0f} MB: "
         f"{verdict(0 < hwm < GOALS['rss_mb'])}); this process {f['bench_rss_mb']:.0f} MB; "
         f"import-roster {f['import_rss_mb']:.0f} MB")  # fmt: skip
@@ -960,13 +1015,8 @@ def main() -> int:
     if args.quick:
         args.texts, args.guardians = 2_000, 7_000
     args.students = args.students or args.guardians * 4 // 7
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        folder_cm: Any = contextlib.nullcontext(str(args.keep))
-    else:
-        folder_cm = tempfile.TemporaryDirectory(prefix="skolebro-morning-")
-    with folder_cm as folder:
-        figures = asyncio.run(run(args, Path(folder)))
+    with work_folder(args.keep, "skolebro-morning-") as folder:
+        figures = asyncio.run(run(args, folder))
     for line in report(args, figures):
         print(line)
     plot(args, figures, args.png)
