@@ -33,8 +33,8 @@ class Bridge:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = create_engine(settings.database_url)
-        self.inbox = inbox.InboxWorker(self.engine, settings)
         self.intake = Intake(self.engine)  # group commit: many webhooks, one transaction
+        self.inbox = inbox.InboxWorker(self.engine, settings, intake_waiting=self.intake.waiting)
         self.senders: dict[str, Any] = {}
         self.app = build_app(self.engine)
         self.stopping = asyncio.Event()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -79,6 +80,10 @@ def address_hash(channel: str, address: str) -> str:
 # once it has run this long, so that webhooks waiting for the store are not held up.
 BATCH_EVENTS = 50
 BATCH_SECONDS = 0.05
+# On SQLite a batch holds the one connection, and webhooks wait for it behind the batch
+# (their group commit cannot start): once the batch has run this long, it ends at the
+# next event whenever the intake has events waiting. PostgreSQL gives each its own.
+BATCH_YIELD_SECONDS = 0.005
 
 
 class _EventFailed(Exception):
@@ -107,11 +112,13 @@ class InboxWorker:
         *,
         batch_events: int = BATCH_EVENTS,
         batch_seconds: float = BATCH_SECONDS,
+        intake_waiting: Callable[[], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.batch_events = max(1, batch_events)
         self.batch_seconds = batch_seconds
+        self.intake_waiting = intake_waiting
         self.wake = asyncio.Event()
 
     async def run_once(self, limit: int = 100) -> int:
@@ -168,7 +175,8 @@ class InboxWorker:
     async def _process_batch(self, ids: list[int]) -> int:
         e = t.inbound_events
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.batch_seconds
+        started = loop.time()
+        deadline = started + self.batch_seconds
         taken = 0
         done: list[tuple[Any, Channel, dict[str, Any]]] = []
         with batch_cache():
@@ -183,7 +191,7 @@ class InboxWorker:
                     self.settings.bridge.default_language,
                 )
                 for index, event_id in enumerate(ids):
-                    if taken and loop.time() > deadline:
+                    if taken and self._batch_over(conn, started, deadline):
                         break
                     taken = index + 1
                     row = rows.get(event_id)
@@ -208,6 +216,17 @@ class InboxWorker:
         for row, channel, _ in done:
             self._observe(row, channel)
         return taken
+
+    def _batch_over(self, conn: AsyncConnection, started: float, deadline: float) -> bool:
+        now = asyncio.get_running_loop().time()
+        if now > deadline:
+            return True
+        return (
+            self.intake_waiting is not None
+            and now > started + BATCH_YIELD_SECONDS
+            and conn.dialect.name == "sqlite"
+            and self.intake_waiting()
+        )
 
     async def process(self, event_id: int) -> None:
         """Process one event; a failure is counted, and the event dies after a few."""

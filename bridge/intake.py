@@ -132,6 +132,7 @@ class Intake:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+        self._writing = False  # a group taken and not yet answered
         self.groups = 0  # transactions written, for tests and benchmarks
         self.events = 0
 
@@ -147,6 +148,10 @@ class Intake:
         # A cancelled caller (a timeout) does not cancel the group; its event may be
         # stored all the same, and the provider's retry is then a repeat.
         return await future
+
+    def waiting(self) -> bool:
+        """Whether events wait to be written (queued, or in a group not yet committed)."""
+        return self._writing or bool(self._queue)
 
     async def close(self) -> None:
         """Write what is queued, then stop the writer; later accepts are refused."""
@@ -165,6 +170,7 @@ class Intake:
                 continue
             group = self._queue[: self.max_group]
             del self._queue[: self.max_group]
+            self._writing = True
             try:
                 await self._write(group)
             except BaseException as exc:  # cancelled while writing: no answer is a "stored"
@@ -178,6 +184,8 @@ class Intake:
                 if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                     raise
                 log.exception("intake writer failed")
+            finally:
+                self._writing = False
 
     async def _write(self, group: list[_Waiter]) -> None:
         events = [event for event, _ in group]

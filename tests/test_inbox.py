@@ -6,9 +6,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bridge import inbox
 from bridge.config import Settings
 from bridge.domain import Channel, InboundEvent
 from bridge.inbox import MAX_PROCESSING_ATTEMPTS, InboxWorker, accept
@@ -169,3 +171,26 @@ async def test_a_batch_stops_taking_events_when_its_time_is_up(engine: AsyncEngi
     assert await worker.run_once() == 4
     assert commits[0] == 4
     assert await _absences_by_event(engine) == {i: 2 for i in ids}
+
+
+async def test_on_sqlite_a_batch_gives_way_to_waiting_webhooks(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite has one connection: while the intake has events waiting, a batch ends after
+    BATCH_YIELD_SECONDS instead of BATCH_SECONDS. PostgreSQL batches do not give way."""
+    await import_roster(engine, EXAMPLE_ROSTER)
+    ids = await _pending_sms(engine, "y", 4)
+    monkeypatch.setattr(inbox, "BATCH_YIELD_SECONDS", 0.0)
+    waiting = [True]
+    commits = _count_commits(engine)
+    worker = InboxWorker(engine, Settings(), batch_seconds=60.0, intake_waiting=lambda: waiting[0])
+    assert await worker.run_once() == 4
+    assert commits[0] == (4 if engine.dialect.name == "sqlite" else 1)
+    assert await _absences_by_event(engine) == {i: 2 for i in ids}
+
+    more = await _pending_sms(engine, "z", 4)
+    waiting[0] = False  # nobody waiting: one batch
+    commits[0] = 0
+    assert await worker.run_once() == 4
+    assert commits[0] == 1
+    assert await _absences_by_event(engine) == {i: 2 for i in ids + more}
