@@ -80,6 +80,7 @@ async def _serve(live: Live, database_url: str, roster: Path) -> None:
             )  # fmt: skip
             (absence_id,) = await absences.record(
                 conn,
+                SETTINGS,
                 [absences.Report("s-ola", "u-fjell-sfo", date(2026, 11, 26), date(2026, 11, 26),
                                  "14:00", None, "illness")],
                 reported_by="gd-kjersti", channel="sms", received_at=datetime.now(UTC),
