@@ -66,6 +66,7 @@ from bridge.config import Settings, parse_config
 from bridge.domain import Channel, Outgoing, SendOutcome, SendResult
 from bridge.outbox import OutboxWorker
 from bridge.roster import import_roster
+from bridge.roster.csv_rows import COLUMNS
 from bridge.store import tables as t
 from bridge.store.db import create_engine
 from bridge.store.migrate import upgrade
@@ -82,11 +83,6 @@ LATENCY = 0.05
 CONCURRENCY = 32
 BATCH = 200
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-HEADER = [
-    "kind", "unit_id", "name", "unit_type", "email", "phone", "group_id", "student_id",
-    "first_name", "last_name", "sfo_unit_id", "groups", "guardian_id", "mobile", "language",
-    "channels", "students", "staff_id", "notify",
-]  # fmt: skip
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +96,7 @@ def write_roster(path: Path, n: int, channels: str = "sms") -> Path:
     """
     groups = [f"g-{grade}{letter}" for grade in range(1, 8) for letter in "ABCDEFGHIJ"]
     with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=HEADER)
+        w = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
         w.writeheader()
         w.writerow({"kind": "unit", "unit_id": UNIT, "name": "Benkvik skole",
                     "unit_type": "school", "email": "benkvik@example.kommune.no",

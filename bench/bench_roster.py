@@ -26,15 +26,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from bridge.roster import import_roster
+from bridge.roster.csv_rows import COLUMNS
 from bridge.store.db import create_engine
 from bridge.store.migrate import upgrade
 
-HEADER = [
-    "kind", "unit_id", "name", "unit_type", "email", "phone", "group_id", "student_id",
-    "first_name", "last_name", "sfo_unit_id", "groups", "guardian_id", "mobile", "language",
-    "channels", "students", "restricted_students", "protected", "digest", "staff_id",
-    "notify", "from", "to",
-]  # fmt: skip
 FIRST = ["Ola", "Kari", "Aisha", "Noah", "Emma", "Jakob", "Nora", "Filip", "Sara", "Mohammed"]
 Row = tuple[object, ...]
 LAST = ["Nordmann", "Hansen", "Johansen", "Olsen", "Larsen", "Hassan", "Berg", "Vik", "Dahl"]
@@ -102,7 +97,7 @@ def generate(path: Path, n_guardians: int, n_students: int) -> dict[str, list[Ro
         raw["links"].extend((f"gd-{g}", f"s-{c}", False) for c in children)
     rnd.shuffle(rows)  # rows may come in any order; references resolve after reading
     with path.open("w", encoding="utf-8", newline="") as out:
-        writer = csv.DictWriter(out, HEADER, restval="")
+        writer = csv.DictWriter(out, COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
     return raw

@@ -15,16 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.roster.csv_rows import COLUMNS
+
 STUDENTS = 200
 SEED = 2026
 MAIL_DOMAIN = "example.no"  # guardians' own addresses
 WORK_DOMAIN = "example.kommune.no"  # units and staff
-HEADER = [
-    "kind", "unit_id", "name", "unit_type", "email", "phone", "group_id", "student_id",
-    "first_name", "last_name", "sfo_unit_id", "groups", "guardian_id", "mobile", "language",
-    "channels", "students", "restricted_students", "protected", "digest", "staff_id",
-    "notify", "from", "to",
-]  # fmt: skip
 
 FIRST_NAMES = [
     "Emma", "Nora", "Sofie", "Ella", "Olivia", "Ada", "Frida", "Ingrid", "Sara", "Maja",
@@ -123,7 +119,7 @@ class Municipality:
     def write_csv(self, path: Path) -> Path:
         """The roster as SPEC section 4's CSV, for `import-roster`."""
         with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=HEADER)
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             for row in self.rows():
                 writer.writerow(row)

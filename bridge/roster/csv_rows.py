@@ -21,6 +21,14 @@ from bridge.roster.model import (
 )
 
 KINDS = ("unit", "group", "closed", "student", "guardian", "staff")
+# Every column of SPEC section 4, in the order our own files write them (a file may
+# hold any subset, in any order).
+COLUMNS = (
+    "kind", "unit_id", "name", "unit_type", "email", "phone", "group_id", "student_id",
+    "first_name", "last_name", "sfo_unit_id", "groups", "guardian_id", "mobile", "language",
+    "channels", "students", "restricted_students", "protected", "digest", "staff_id",
+    "notify", "from", "to",
+)  # fmt: skip
 _ID_COLUMN = {
     "unit": "unit_id",
     "group": "group_id",
