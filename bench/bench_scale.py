@@ -12,7 +12,9 @@ row each, spread over one thread per guardian and child, dated over the past yea
 Then a `skolebro run` subprocess (the same config, roster and fakes as
 bench/bench_morning.py, 7,000 guardians) takes signed SMS webhooks from `--clients`
 keep-alive clients in a closed loop for `--seconds` (after `--warmup` seconds that are
-not counted), with its inbox and outbox working as in service. Printed per size:
+not counted), with its inbox and outbox working as in service; what a phase leaves
+pending is marked processed (without effects) before the next, so every size starts
+with no backlog. Printed per size:
 acknowledged/s, p50/p99 latency, events processed meanwhile, the database size, and the
 ratio to the smallest size (goal: the largest >= 0.8 of the smallest).
 
@@ -130,6 +132,8 @@ async def closed_loop(m: Morning, clients: int, warmup: float, seconds: float) -
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     rnd = random.Random(clients)
+    # MessageSids unique to this phase: a repeat (Twilio's retry) takes another path.
+    m.seq = int(time.time() * 1000) << 20
 
     async def client() -> None:
         while (now := time.monotonic()) < t_end:
@@ -152,6 +156,18 @@ async def closed_loop(m: Morning, clients: int, warmup: float, seconds: float) -
         "p99_ms": percentile(latencies, 99) * 1000,
         "statuses": statuses,
     }
+
+
+def clear_backlog(db: Path) -> int:
+    """Mark what a previous phase left pending as processed (without effects), so that
+    every size starts with no backlog; returns how many there were."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        n = conn.execute(
+            "UPDATE inbound_events SET status = 'processed', processed_at = received_at"
+            " WHERE status = 'pending'"
+        ).rowcount
+        conn.commit()
+    return int(n)
 
 
 def processed(db: Path) -> int:
@@ -221,6 +237,9 @@ async def run(args: argparse.Namespace, folder: Path) -> list[tuple[int, dict[st
             f"{db_size_mb(folder / 'skolebro.db'):.0f} MB; load {load_average()}",
             flush=True,
         )
+        cleared = await asyncio.to_thread(clear_backlog, folder / "skolebro.db")
+        if cleared:
+            print(f"  ({cleared} events the previous phase left pending marked processed)")
         r = await measure(args, folder, size)
         r["db_mb"] = db_size_mb(folder / "skolebro.db")
         print(
@@ -311,7 +330,10 @@ async def delivery_run(args: argparse.Namespace, folder: Path, n: int) -> dict[s
                 "seconds": last - first,
                 "rate": m.sends.storm / max(1e-9, last - first),
                 "cpu_ms": cpu / max(1, m.sends.storm) * 1000,
-                "by_channel": dict(m.sends.storm_by_channel),
+                "by_channel": {
+                    ch: f"{count} by {m.sends.storm_last_by_channel[ch] - first:.1f} s"
+                    for ch, count in sorted(m.sends.storm_by_channel.items())
+                },
             }
     finally:
         for p in procs:
