@@ -64,6 +64,7 @@ import aiohttp
 import aiosmtplib
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from bench_roster import school_units
 from common import (
     cpu_seconds,
     free_port,
@@ -133,11 +134,7 @@ def write_roster(path: Path, guardians: int, students: int) -> int:
     schools = max(2, students // 1000)
     rows: list[dict[str, str]] = []
     for s in range(schools):
-        rows.append({"kind": "unit", "unit_id": f"u-{s}", "name": f"Skole {s}",
-                     "unit_type": "school", "email": f"skole{s}@example.kommune.no",
-                     "phone": f"5556{s:04d}"})  # fmt: skip
-        rows.append({"kind": "unit", "unit_id": f"u-{s}-sfo", "name": f"Skole {s} SFO",
-                     "unit_type": "sfo", "email": f"sfo{s}@example.kommune.no"})  # fmt: skip
+        rows.extend(school_units(s))
         for grade in range(1, 8):
             rows.append({"kind": "group", "unit_id": f"u-{s}", "group_id": f"g-{grade}",
                          "name": f"{grade}A"})  # fmt: skip

@@ -39,6 +39,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def school_units(s: int) -> list[dict[str, str]]:
+    """School `s` (unit `u-<s>`) and its SFO (`u-<s>-sfo`), as roster rows."""
+    return [
+        {"kind": "unit", "unit_id": f"u-{s}", "name": f"Skole {s}", "unit_type": "school",
+         "email": f"skole{s}@example.kommune.no", "phone": f"5556{s:04d}"},
+        {"kind": "unit", "unit_id": f"u-{s}-sfo", "name": f"Skole {s} SFO", "unit_type": "sfo",
+         "email": f"sfo{s}@example.kommune.no"},
+    ]  # fmt: skip
+
+
 def generate(path: Path, n_guardians: int, n_students: int) -> dict[str, list[Row]]:
     """Write the roster; return the student, guardian and link rows for the baseline."""
     rnd = random.Random(20261126)
@@ -46,11 +56,7 @@ def generate(path: Path, n_guardians: int, n_students: int) -> dict[str, list[Ro
     rows: list[dict[str, str]] = []
     raw: dict[str, list[Row]] = {"students": [], "guardians": [], "links": []}
     for s in range(schools):
-        rows.append({"kind": "unit", "unit_id": f"u-{s}", "name": f"Skole {s}",
-                     "unit_type": "school", "email": f"skole{s}@example.kommune.no",
-                     "phone": f"5556{s:04d}"})  # fmt: skip
-        rows.append({"kind": "unit", "unit_id": f"u-{s}-sfo", "name": f"Skole {s} SFO",
-                     "unit_type": "sfo", "email": f"sfo{s}@example.kommune.no"})  # fmt: skip
+        rows.extend(school_units(s))
         for grade in range(1, 8):
             for letter in "ABC":
                 rows.append({"kind": "group", "unit_id": f"u-{s}", "group_id": f"g-{grade}{letter}",

@@ -375,32 +375,43 @@ def main() -> int:
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--delivery-limit", type=float, default=300.0, help="seconds per run")
     args = parser.parse_args()
-    if args.delivery:
-        args.send_rate = 1e9 if args.send_rate == 1500.0 else args.send_rate
-        with work_folder(args.keep, "skolebro-scale-") as folder:
+    with work_folder(args.keep, "skolebro-scale-") as folder:
+        if args.delivery:
+            args.send_rate = 1e9 if args.send_rate == 1500.0 else args.send_rate
             runs = asyncio.run(delivery(args, folder))
+        else:
+            results = asyncio.run(run(args, folder))
+    if args.delivery:
         one = runs[0][1]["rate"] or 1.0
-        print("\n| processes | deliveries/s | bridges' CPU/delivery | x one process |")
-        print("| ---: | ---: | ---: | ---: |")
-        for n, r in runs:
-            print(f"| {n} | {r['rate']:.0f} | {r['cpu_ms']:.2f} ms | {r['rate'] / one:.2f} |")
+        table(
+            ["processes", "deliveries/s", "bridges' CPU/delivery", "x one process"],
+            [[str(n), f"{r['rate']:.0f}", f"{r['cpu_ms']:.2f} ms", f"{r['rate'] / one:.2f}"]
+             for n, r in runs],
+        )  # fmt: skip
         two = next((r["rate"] / one for n, r in runs if n == 2), None)
         if two is not None:
-            print(f"2 processes / 1 = {two:.2f} (goal >= 1.6: {'met' if two >= 1.6 else 'MISSED'})")
+            goal("2 processes / 1", two, 1.6)
         return 0
-    with work_folder(args.keep, "skolebro-scale-") as folder:
-        results = asyncio.run(run(args, folder))
     first = results[0][1]["acked_s"] or 1.0
-    print("\n| stored messages | acknowledged/s | p50 / p99 | bridge CPU/ack | x smallest |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
-    for size, r in results:
-        print(
-            f"| {size:,} | {r['acked_s']:.0f} | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms | "
-            f"{r['bridge_cpu_ms_per_ack']:.2f} ms | {r['acked_s'] / first:.2f} |"
-        )
-    last = results[-1][1]["acked_s"] / first
-    print(f"largest / smallest = {last:.2f} (goal >= 0.8: {'met' if last >= 0.8 else 'MISSED'})")
+    table(
+        ["stored messages", "acknowledged/s", "p50 / p99", "bridge CPU/ack", "x smallest"],
+        [[f"{size:,}", f"{r['acked_s']:.0f}", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms",
+          f"{r['bridge_cpu_ms_per_ack']:.2f} ms", f"{r['acked_s'] / first:.2f}"]
+         for size, r in results],
+    )  # fmt: skip
+    goal("largest / smallest", results[-1][1]["acked_s"] / first, 0.8)
     return 0
+
+
+def table(columns: list[str], rows: list[list[str]]) -> None:
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + " ---: |" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def goal(label: str, ratio: float, at_least: float) -> None:
+    print(f"{label} = {ratio:.2f} (goal >= {at_least}: {'met' if ratio >= at_least else 'MISSED'})")
 
 
 if __name__ == "__main__":
