@@ -14,7 +14,7 @@ from aiohttp import web
 from bridge import inbox, logs, mail_flow, outbox, telegram_bot
 from bridge.api import add_api
 from bridge.config import Settings
-from bridge.domain import Accepted, InboundEvent, StatusUpdate
+from bridge.domain import Accepted, InboundEvent, StatusUpdate, StoreUnavailable
 from bridge.http import build_app
 from bridge.intake import Intake
 from bridge.leader import Leadership
@@ -40,6 +40,7 @@ class Bridge:
         self.stopping = asyncio.Event()
         self.caught_up = asyncio.Event()  # set after each look for missed inbound
         self.recover_now = asyncio.Event()  # look for missed inbound before the next round
+        self.store_was_down = False
         self.tasks: list[asyncio.Task[None]] = []
         self.runner: web.AppRunner | None = None
         self.scheduler: Any = None
@@ -77,7 +78,16 @@ class Bridge:
         add_api(self.app, self.engine, settings, on_outbound=self.outbox.wake.set)
 
     async def accept(self, event: InboundEvent) -> Accepted:
-        accepted = await self.intake.accept(event)
+        try:
+            accepted = await self.intake.accept(event)
+        except StoreUnavailable:
+            self.store_was_down = True
+            raise
+        if self.store_was_down:
+            # The store is back: fetch what Twilio could not hand us meanwhile now,
+            # not at the next 15-minute round (its own retries may be over by then).
+            self.store_was_down = False
+            self.recover_now.set()
         if accepted.new:
             self.inbox.wake.set()
         query_id = event.payload.get("callback_query_id")

@@ -10,13 +10,14 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge import conversation, mail_flow, metrics, outbox, telegram_bot
 from bridge.config import Settings
 from bridge.conversation import Context
 from bridge.directory import Sender, batch_cache, find_sender, find_senders
-from bridge.domain import Accepted, Channel, InboundEvent
+from bridge.domain import Accepted, Channel, InboundEvent, StoreUnavailable
 from bridge.i18n import translate
 from bridge.intake import store_events
 from bridge.store import tables as t
@@ -142,6 +143,9 @@ class InboxWorker:
         while not stop.is_set():
             try:
                 handled = await self.run_once()
+            except StoreUnavailable as exc:
+                log.warning("inbox: the store is failing (%s); trying again shortly", exc)
+                handled = 0
             except Exception:
                 log.exception("inbox round failed")
                 handled = 0
@@ -233,6 +237,10 @@ class InboxWorker:
         try:
             await self._process(event_id)
         except Exception as exc:
+            if _store_fault(exc):
+                # Not the event's fault (a full disk, a lost connection): it is not
+                # counted towards dead-lettering, and is processed once the store is back.
+                raise StoreUnavailable(type(exc).__name__) from exc
             log.exception("inbound event %s failed", event_id)
             e = t.inbound_events
             async with self.engine.begin() as conn:
@@ -383,3 +391,22 @@ class InboxWorker:
                 ),
                 priority="urgent",
             )
+
+
+# SQLite reports a bad statement ("no such column") as an OperationalError too: only
+# these mean the store itself is failing, so that a real bug still dead-letters.
+_SQLITE_FAULTS = ("locked", "full", "disk i/o", "unable to open", "readonly", "busy")
+
+
+def _store_fault(exc: BaseException) -> bool:
+    """Whether an error is the store's (unavailable, full, connection lost), not the event's."""
+    if isinstance(exc, InterfaceError | OSError | StoreUnavailable):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError):
+        message = str(exc.orig).lower()
+        return "sqlite" not in type(exc.orig).__module__ or any(
+            f in message for f in _SQLITE_FAULTS
+        )
+    return False

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge import inbox
 from bridge.config import Settings
 from bridge.domain import Channel, InboundEvent
-from bridge.inbox import MAX_PROCESSING_ATTEMPTS, InboxWorker, accept
+from bridge.inbox import MAX_PROCESSING_ATTEMPTS, InboxWorker, _store_fault, accept
 from bridge.roster import import_roster
 from bridge.store import tables as t
 from tests.cli import skolebro, write_config
@@ -194,3 +196,19 @@ async def test_on_sqlite_a_batch_gives_way_to_waiting_webhooks(
     assert await worker.run_once() == 4
     assert commits[0] == 1
     assert await _absences_by_event(engine) == {i: 2 for i in ids + more}
+
+
+@pytest.mark.parametrize(
+    ("error", "fault"),
+    [
+        (sqlite3.OperationalError("database or disk is full"), True),
+        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite3.OperationalError("no such column: foo"), False),  # a bug: dead-letters
+        (ValueError("bad payload"), False),
+    ],
+)
+def test_only_the_stores_own_faults_spare_an_event_its_attempts(
+    error: Exception, fault: bool
+) -> None:
+    wrapped = OperationalError("stmt", {}, error) if isinstance(error, sqlite3.Error) else error
+    assert _store_fault(wrapped) is fault
