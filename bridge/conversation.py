@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge import absences, digests, outbox, parent_replies, reply_tokens, staff_notices, threads
@@ -25,6 +25,12 @@ from bridge.store import tables as t
 from bridge.understand import understand
 
 QUESTION_TTL = timedelta(hours=2)
+# A guardian writing more than this many messages an hour on one channel floods: the
+# messages still reach the thread (nothing is lost), but the bridge stops acknowledging
+# each one and stops mailing staff for each (they are in the unanswered digest); the
+# parent is told once, politely. Absence confirmations are always sent (SPEC 8).
+FLOOD_LIMIT = 20
+FLOOD_WINDOW = timedelta(hours=1)
 UNDO_WINDOW = timedelta(hours=24)
 UNDO_WORDS = {"angre", "undo"}
 _WORD_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
@@ -604,17 +610,45 @@ async def _deliver_message(
     """Put a (stored, maybe redacted) message in each child's thread and acknowledge it."""
     stored = message.get("text")
     outcome = Outcome(body=stored, sensitive=list(message.get("sensitive", [])))
+    recent = await _recent_messages(ctx)
     units: list[str] = []
     thread_id = None
     for child in children:
         unit_name, thread_id = await _to_thread(
-            ctx, child, stored or "", stored, outcome, unit_id=unit_id
-        )
+            ctx, child, stored or "", stored, outcome, unit_id=unit_id,
+            notify=recent < FLOOD_LIMIT,
+        )  # fmt: skip
         if unit_name not in units:
             units.append(unit_name)
-    await ctx.reply(
-        ctx._("Your message has been passed on to {unit}.", unit=", ".join(units)), thread_id
+    if recent == FLOOD_LIMIT:
+        await ctx.reply(
+            ctx._(
+                "We have received many messages from you in a short time. They are all "
+                "passed on to the school, but we will not answer each one for a while."
+            ),
+            thread_id,
+        )
+    elif recent < FLOOD_LIMIT:
+        await ctx.reply(
+            ctx._("Your message has been passed on to {unit}.", unit=", ".join(units)), thread_id
+        )
+
+
+async def _recent_messages(ctx: Context) -> int:
+    """How many messages this guardian wrote on this channel within the flood window."""
+    m, th = t.messages, t.threads
+    count = await ctx.conn.scalar(
+        select(func.count())
+        .select_from(m)
+        .join(th, th.c.id == m.c.thread_id)
+        .where(
+            th.c.guardian_id.in_(ctx.sender.guardian_ids),
+            m.c.direction == "in",
+            m.c.channel == ctx.channel,
+            m.c.sent_at > ctx.received_at - FLOOD_WINDOW,
+        )
     )
+    return int(count or 0)
 
 
 async def _to_thread(
@@ -625,6 +659,7 @@ async def _to_thread(
     outcome: Outcome,
     *,
     unit_id: str | None = None,
+    notify: bool = True,
 ) -> tuple[str, str]:
     """Put the message in the thread with the child's school, or SFO when it names SFO
     (or the unit the message was addressed to), and tell the staff who follow the child."""
@@ -647,16 +682,17 @@ async def _to_thread(
         sent_at=ctx.received_at,
         inbound_event_id=ctx.event_id,
     )
-    await staff_notices.notify_message(
-        ctx.conn,
-        ctx.settings,
-        thread_id=thread_id,
-        unit_id=unit_id,
-        student_id=child.student_id,
-        guardian_id=guardian_id,
-        text=stored,
-        sensitive=outcome.sensitive,
-    )
+    if notify:
+        await staff_notices.notify_message(
+            ctx.conn,
+            ctx.settings,
+            thread_id=thread_id,
+            unit_id=unit_id,
+            student_id=child.student_id,
+            guardian_id=guardian_id,
+            text=stored,
+            sensitive=outcome.sensitive,
+        )
     return await unit_name(ctx.conn, unit_id), thread_id
 
 
