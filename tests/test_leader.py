@@ -80,6 +80,7 @@ async def test_exactly_one_leads_and_another_takes_over_when_it_dies(
             text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
                 "WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                 "AND (classid::bigint << 32 | objid::bigint) = :key"
             ),
             {"key": SINGLETON_KEY},

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 OSLO = ZoneInfo("Europe/Oslo")
 HOLDER = text(
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND (classid::bigint << 32 | objid::bigint) = :key"
 )
 
