@@ -79,6 +79,7 @@ from common import (
 from adapters.fakes.smtp import FakeSmtp
 from adapters.fakes.telegram import FakeTelegram
 from adapters.fakes.twilio import FakeTwilio
+from bridge.roster.csv_rows import COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 SKOLEBRO = Path(sys.executable).parent / "skolebro"
@@ -105,11 +106,6 @@ ABSENCES = [
     "{n} er forkjølet og blir hjemme resten av uka",
 ]
 NAMELESS = ["Syk i dag", "Er syk og blir hjemme i dag", "Blir hjemme i dag, er dårlig"]
-HEADER = [
-    "kind", "unit_id", "name", "unit_type", "email", "phone", "group_id", "student_id",
-    "first_name", "last_name", "sfo_unit_id", "groups", "guardian_id", "mobile", "language",
-    "channels", "students", "staff_id", "notify",
-]  # fmt: skip
 GOALS = {"ack_p99_ms": 50.0, "lag_s": 2.0, "storm_s": 60.0, "rss_mb": 300.0}
 
 
@@ -158,7 +154,7 @@ def write_roster(path: Path, guardians: int, students: int) -> int:
                      "language": "en" if g % 20 == 19 else "nb", "channels": CHANNELS[g % 3],
                      "students": ";".join(f"s-{c}" for c in children_of(g, students))})  # fmt: skip
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=HEADER, restval="")
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
     return schools
