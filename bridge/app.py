@@ -23,6 +23,9 @@ from bridge.store.db import create_engine
 log = logging.getLogger("skolebro")
 
 STOP_SECONDS = 15
+# SMTP connections kept open to the relay: one send waits out four round trips, so a
+# single connection caps a storm's e-mail share (bench/RESULTS.md, morning rush).
+MAIL_CONNECTIONS = 4
 SMS_RECOVERY_EVERY = timedelta(minutes=15)
 SMS_RECOVERY_WINDOW = timedelta(hours=48)
 
@@ -57,7 +60,7 @@ class Bridge:
         if settings.email.enabled:
             from adapters import email as mail
 
-            self.senders["email"] = mail.MailSender(settings)
+            self.senders["email"] = mail.MailSender(settings, pool_size=MAIL_CONNECTIONS)
             self.mail_listener = mail.MailListener(
                 settings, self.accept, self.record_status, self.recipient_ok
             )
