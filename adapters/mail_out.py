@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MAIL_JSON_PREFIX = '{"mail":'
 SEND_TIMEOUT_SECONDS = 30.0
+QUIT_TIMEOUT_SECONDS = 3.0  # closing: a stuck relay must not hold up a stop
 # A pooled connection unused for this long gets a NOOP before the next message.
 IDLE_PROBE_SECONDS = 5.0
 
@@ -371,7 +372,7 @@ class _Connection:
             return
         if smtp.is_connected:
             try:
-                await asyncio.wait_for(smtp.quit(), 5)
+                await asyncio.wait_for(smtp.quit(), QUIT_TIMEOUT_SECONDS)
             except Exception:
                 pass
         smtp.close()
@@ -474,8 +475,9 @@ class MailSender:
         return SendResult(SendOutcome.SENT, provider_id=provider_id)
 
     async def close(self) -> None:
-        for connection in self._connections:
-            await connection.close()
+        # All at once: each QUIT may wait out its timeout on a stuck relay, and a
+        # stopping bridge has 15 s in all (SPEC 2).
+        await asyncio.gather(*(connection.close() for connection in self._connections))
 
     async def __aenter__(self) -> MailSender:
         return self

@@ -224,12 +224,14 @@ class Bridge:
 async def run_bridge(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM, then stop accepting and finish within 15 s."""
     logs.configure()
-    bridge = Bridge(settings)
-    await bridge.start()
+    # Handlers first: a SIGTERM that arrives while the bridge is still starting (the
+    # HTTP port already answers) stops it gracefully once it has started.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    bridge = Bridge(settings)
+    await bridge.start()
     await stop.wait()
     log.info("stopping")
     await bridge.stop()

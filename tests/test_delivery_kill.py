@@ -143,7 +143,7 @@ async def test_kill_mid_fan_out_sends_each_once_but_the_in_flight(
             statuses = await _wait_until_settled(database_url, recipients)
         finally:
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=15) == 0
+            assert await asyncio.to_thread(proc.wait, 15) == 0
         # "sent" where Twilio's callback found the bridge down; the message went out.
         assert set(statuses) <= {"sent", "delivered"}, statuses
         assert sum(statuses.values()) == recipients
@@ -184,7 +184,7 @@ async def test_two_processes_share_the_outbox_without_sending_twice(
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
             for proc in procs:
-                assert proc.wait(timeout=15) == 0
+                assert await asyncio.to_thread(proc.wait, 15) == 0
         assert set(statuses) <= {"sent", "delivered"}, statuses
         assert sum(statuses.values()) == recipients
         per_number = Counter(m.to for m in twilio.sent)

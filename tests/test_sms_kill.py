@@ -114,4 +114,4 @@ max_per_second = 200
             assert sorted(bodies) == sorted(f["Body"] for f in forms)  # each exactly once
         finally:
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=15) == 0
+            assert await asyncio.to_thread(proc.wait, 15) == 0
