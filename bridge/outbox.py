@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, insert, select, tuple_, update
+from sqlalchemy import and_, bindparam, insert, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge import metrics, reply_tokens
@@ -366,7 +366,14 @@ class OutboxWorker:
         limit = self._batch_for(channel) if limit is None else min(limit, self._batch_for(channel))
         # One indexed query per priority, most urgent first, and one for leases that
         # ran out: each walks an index in order instead of sorting every due row.
+        # Replies to parents come before all of them (their own partial index; the
+        # condition is written out as the index's, so that SQLite sees it applies).
         queries = [
+            select(d.c.id)
+            .where(d.c.channel == channel, text(t.REPLY_QUEUED), d.c.next_attempt_at <= now)
+            .order_by(d.c.next_attempt_at)
+        ]
+        queries += [
             select(d.c.id)
             .where(
                 d.c.channel == channel,
@@ -388,6 +395,8 @@ class OutboxWorker:
                 if len(ids) >= limit:
                     break
                 query = query.limit(limit - len(ids))
+                if ids:  # a reply is also in its priority's index
+                    query = query.where(d.c.id.not_in(ids))
                 if conn.dialect.name == "postgresql":
                     query = query.with_for_update(skip_locked=True)
                 ids += list((await conn.execute(query)).scalars())

@@ -407,3 +407,30 @@ async def test_fan_out_matches_the_route_plan_for_every_guardian(
     assert {m["to"] for m in mails} == {r["address"] for r in rows if r["channel"] == "email"}
     assert all(m["subject"] == "Tema" and m["text"] == "Hei" for m in mails)
     assert all((m["list_unsubscribe"] is None) == urgent for m in mails)
+
+
+async def test_replies_are_claimed_before_an_earlier_urgent_storm(engine: AsyncEngine) -> None:
+    from bridge.outbox import OutboxWorker, enqueue
+
+    settings = Settings()
+    storm = datetime.now(UTC) - timedelta(minutes=5)
+    async with engine.begin() as conn:
+        for i in range(300):  # an urgent announcement's deliveries, queued first
+            await enqueue(
+                conn, kind="announcement", channel="sms", address=f"+479200{i:04d}",
+                body="Skolen stenger kl 12", priority="urgent", not_before=storm,
+            )  # fmt: skip
+        reply = await enqueue(
+            conn, kind="reply", channel="sms", address="+4791234567",
+            body="Fravær registrert.", priority="urgent",
+        )  # fmt: skip
+    worker = OutboxWorker(engine, settings, {}, batch=10)
+    claimed = [row["id"] for row in await worker.claim("sms", limit=10)]
+    assert reply in claimed and len(claimed) == len(set(claimed)) == 10
+    if engine.dialect.name == "sqlite":  # by its own index, not a walk past the storm
+        async with engine.connect() as conn:
+            plan = await conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT id FROM deliveries WHERE channel = 'sms' AND "
+                f"{t.REPLY_QUEUED} AND next_attempt_at <= '9999' ORDER BY next_attempt_at"
+            )
+            assert "ix_deliveries_reply_claim" in str(plan.all())

@@ -329,6 +329,14 @@ absences = Table(
 # --- outbound ---------------------------------------------------------------------
 
 
+REPLY_QUEUED = "status = 'queued' AND kind = 'reply'"
+
+
+def _where(condition: str) -> dict[str, Any]:
+    where = text(condition)
+    return {"sqlite_where": where, "postgresql_where": where}
+
+
 def _only_set(column: str) -> dict[str, Any]:
     """A partial index's condition: only the rows where `column` has a value.
 
@@ -336,8 +344,7 @@ def _only_set(column: str) -> dict[str, Any]:
     them writes nothing to such an index. Lookups by value (`=`, `IN`, `<`) imply the
     condition, so SQLite and PostgreSQL use the index for them.
     """
-    where = text(f"{column} IS NOT NULL")
-    return {"sqlite_where": where, "postgresql_where": where}
+    return _where(f"{column} IS NOT NULL")
 
 
 announcements = Table(
@@ -394,6 +401,9 @@ deliveries = Table(
     Index("ix_deliveries_lease", "channel", "status", "lease_until", **_only_set("lease_until")),
     # Fallbacks of a delivery: retry's check, and the foreign key's when one is deleted.
     Index("ix_deliveries_fallback_of", "fallback_of", **_only_set("fallback_of")),
+    # Replies to parents are claimed before anything else, even an urgent storm's
+    # thousands of deliveries (queued earlier, so first in the claim index).
+    Index("ix_deliveries_reply_claim", "channel", "next_attempt_at", **_where(REPLY_QUEUED)),
 )
 
 # --- inbound ----------------------------------------------------------------------
