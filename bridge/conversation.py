@@ -580,8 +580,8 @@ async def _message(
     named = [c for c in children if _norm(c.first_name) in words]
     if len(named) == 1 or len(children) == 1:
         targets = named or children
-        question = {"text": stored, "sensitive": outcome.sensitive}
-        await _deliver_message(ctx, targets, question, unit_id=unit_id)
+        message = {"text": stored, "sensitive": outcome.sensitive}
+        await _deliver_message(ctx, targets, message, unit_id=unit_id)
     else:
         options = named or children
         labels = _labels(options)

@@ -44,18 +44,8 @@ async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
         yield w
 
 
-async def announce(world: World, **kw: object) -> str:
-    created = await create_announcement(
-        world.bridge.engine, world.bridge.settings, unit_id="u-fjell", **kw
-    )
-    world.bridge.outbox.wake.set()
-    return created.announcement_id
-
-
 async def test_group_announcement_reaches_each_guardian_once(world: World) -> None:
-    announcement_id = await announce(
-        world, group_ids=["g-5b"], text="Skolen stenger kl 12 i morgen"
-    )
+    announcement_id = await world.announce(group_ids=["g-5b"], text="Skolen stenger kl 12 i morgen")
     rows = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     assert len(rows) == 30 and len({r["guardian_id"] for r in rows}) == 30
     by_channel = {r["guardian_id"]: r["channel"] for r in rows}
@@ -83,7 +73,7 @@ async def _delivered(world: World, announcement_id: str, n: int) -> bool:
 
 async def test_server_error_is_retried_then_delivered(world: World) -> None:
     world.twilio.fail_next(1, status=500, to=mobile(0))
-    announcement_id = await announce(world, student_ids=["s-0"], text="Husk gymtøy")
+    announcement_id = await world.announce(student_ids=["s-0"], text="Husk gymtøy")
     await eventually(lambda: _delivered(world, announcement_id, 1))
     (row,) = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     assert row["attempts"] == 2 and row["status"] == "delivered" and row["last_error"] is None
@@ -91,7 +81,7 @@ async def test_server_error_is_retried_then_delivered(world: World) -> None:
 
 async def test_invalid_number_fails_at_once_and_falls_back_to_email(world: World) -> None:
     world.twilio.mark_invalid(mobile(1))  # gd-1: sms;email
-    announcement_id = await announce(world, student_ids=["s-1"], text="Husk gymtøy")
+    announcement_id = await world.announce(student_ids=["s-1"], text="Husk gymtøy")
     rows = await eventually(
         lambda: _rows_where(world, announcement_id, lambda rs: len(rs) == 2), within=10
     )
@@ -105,7 +95,7 @@ async def test_invalid_number_fails_at_once_and_falls_back_to_email(world: World
     points = await world.rows(t.contact_points, t.contact_points.c.address == mobile(1))
     assert points[0]["dead_at"] is not None
     # The next announcement passes over the dead number.
-    second = await announce(world, student_ids=["s-1"], text="Ny beskjed")
+    second = await world.announce(student_ids=["s-1"], text="Ny beskjed")
     (row,) = await world.rows(t.deliveries, t.deliveries.c.announcement_id == second)
     assert row["channel"] == "email"
 
@@ -118,7 +108,7 @@ async def _rows_where(world: World, announcement_id: str, ok) -> list[dict] | No
 async def test_rate_limited_send_waits_for_retry_after(world: World) -> None:
     world.twilio.fail_next(1, status=429, retry_after=1, to=mobile(4))
     started = datetime.now(UTC)
-    announcement_id = await announce(world, student_ids=["s-4"], text="Husk matpakke")
+    announcement_id = await world.announce(student_ids=["s-4"], text="Husk matpakke")
     await eventually(lambda: _delivered(world, announcement_id, 1))
     sends = [m for m in world.twilio.sent if m.to == mobile(4)]
     assert len(sends) == 1  # the 429 was not a send
@@ -132,7 +122,7 @@ async def test_stopped_guardian_is_skipped_and_reached_on_the_next_channel(
 ) -> None:
     await world.text(mobile(5), "STOPP")  # gd-5: sms;email
     await eventually(lambda: world.replies_to(mobile(5)))
-    announcement_id = await announce(world, student_ids=["s-5"], text="Foreldremøte")
+    announcement_id = await world.announce(student_ids=["s-5"], text="Foreldremøte")
     rows = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     skipped = next(r for r in rows if r["channel"] == "sms")
     fallback = next(r for r in rows if r["channel"] == "email")
@@ -141,7 +131,7 @@ async def test_stopped_guardian_is_skipped_and_reached_on_the_next_channel(
     await asyncio.sleep(0.3)
     assert world.replies_to(mobile(5))[1:] == []  # nothing after the STOPP acknowledgement
 
-    urgent = await announce(world, student_ids=["s-5"], text="Stengt i dag!", urgent=True)
+    urgent = await world.announce(student_ids=["s-5"], text="Stengt i dag!", urgent=True)
     await eventually(lambda: _delivered(world, urgent, 1))
     assert world.replies_to(mobile(5))[-1] == "Fjellsiden skole: Stengt i dag!"
 
@@ -149,13 +139,13 @@ async def test_stopped_guardian_is_skipped_and_reached_on_the_next_channel(
 async def test_only_skipped_when_no_other_channel_is_open(world: World) -> None:
     await world.text(mobile(0), "STOPP")  # gd-0: sms only
     await eventually(lambda: world.replies_to(mobile(0)))
-    announcement_id = await announce(world, student_ids=["s-0"], text="Hei")
+    announcement_id = await world.announce(student_ids=["s-0"], text="Hei")
     rows = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     assert [(r["channel"], r["status"]) for r in rows] == [("sms", "skipped")]
 
 
 async def test_out_of_order_callbacks_keep_the_furthest_status(world: World) -> None:
-    announcement_id = await announce(world, student_ids=["s-0"], text="Hei")
+    announcement_id = await world.announce(student_ids=["s-0"], text="Hei")
     await eventually(lambda: _delivered(world, announcement_id, 1))
     (row,) = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     for late in ("sent", "queued"):
@@ -170,7 +160,7 @@ async def test_out_of_order_callbacks_keep_the_furthest_status(world: World) -> 
 
 async def test_failed_callback_after_sent_falls_back(world: World) -> None:
     world.twilio.set_outcome(mobile(1), "undelivered", 30005)  # unknown destination handset
-    announcement_id = await announce(world, student_ids=["s-1"], text="Hei")
+    announcement_id = await world.announce(student_ids=["s-1"], text="Hei")
     rows = await eventually(
         lambda: _rows_where(world, announcement_id, lambda rs: len(rs) == 2), within=10
     )
@@ -181,9 +171,9 @@ async def test_failed_callback_after_sent_falls_back(world: World) -> None:
 
 async def test_unknown_group_and_overlong_text_are_refused(world: World) -> None:
     with pytest.raises(AnnouncementError, match="g-9z"):
-        await announce(world, group_ids=["g-9z"], text="Hei")
+        await world.announce(group_ids=["g-9z"], text="Hei")
     with pytest.raises(AnnouncementError, match="too long for SMS"):
-        await announce(world, text="Lang beskjed. " * 120)
+        await world.announce(text="Lang beskjed. " * 120)
     assert await world.rows(t.announcements) == []
 
 
@@ -257,7 +247,7 @@ async def test_email_announcements_carry_reply_to_and_digest_guardians_are_held(
         await conn.execute(
             update(t.guardians).where(t.guardians.c.id == "gd-6").values(digest=True)
         )
-    announcement_id = await announce(world, student_ids=["s-2", "s-6"], text="Aktivitetsdag")
+    announcement_id = await world.announce(student_ids=["s-2", "s-6"], text="Aktivitetsdag")
     rows = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     by_guardian = {r["guardian_id"]: r for r in rows}
     mail = json.loads(by_guardian["gd-2"]["body"])["mail"]

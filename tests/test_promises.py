@@ -14,14 +14,12 @@ import json
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import holidays
 import pytest
 from sqlalchemy import select
 
-from bridge.announcements import create_announcement
 from bridge.export import export_absences, export_deliveries, export_threads
 from bridge.store import tables as t
 from tests.test_email_flow import mails_to, send_mail
@@ -109,14 +107,6 @@ async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
         yield w
 
 
-async def announce(world: World, **kw: object) -> str:
-    created = await create_announcement(
-        world.bridge.engine, world.bridge.settings, unit_id="u-fjell", **kw
-    )
-    world.bridge.outbox.wake.set()
-    return created.announcement_id
-
-
 def notices(world: World) -> list[str]:
     return [m["Reply-To"] for m in mails_to(world, STAFF)]
 
@@ -163,7 +153,7 @@ async def test_no_acting_for_and_no_news_of_a_restricted_student(world: World) -
                 if "Kari" in r]  # fmt: skip
 
     # An announcement about Kari reaches her mother, not him.
-    announcement_id = await announce(world, student_ids=["s-kari"], text="Kari fikk pris")
+    announcement_id = await world.announce(student_ids=["s-kari"], text="Kari fikk pris")
     rows = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     assert {r["guardian_id"] for r in rows} == {"gd-mor"}
     # Ola is his child: that works as usual.
@@ -182,7 +172,7 @@ async def test_a_protected_guardians_contact_data_is_in_no_export(world: World) 
     await world.text(SKJULT, "Lars er syk i dag")
     await world.text(SKJULT, "Hei, Lars trenger ny matteboken.")
     await eventually(lambda: world.replies_to(SKJULT))
-    announcement_id = await announce(world, group_ids=["g-5b"], text="Turdag i morgen")
+    announcement_id = await world.announce(group_ids=["g-5b"], text="Turdag i morgen")
     await eventually(
         lambda: world.rows(
             t.deliveries,
@@ -224,7 +214,7 @@ async def test_a_shared_phone_acts_for_the_union_of_the_children(world: World) -
 
 
 async def test_a_channel_without_identity_is_passed_over_silently(world: World) -> None:
-    announcement_id = await announce(world, student_ids=["s-nora"], text="Husk gymtøy")
+    announcement_id = await world.announce(student_ids=["s-nora"], text="Husk gymtøy")
     rows = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     # telegram;sms with no linked chat: straight to SMS, no skipped or failed Telegram try.
     assert [(r["channel"], r["fallback_of"]) for r in rows] == [("sms", None)]
@@ -237,7 +227,7 @@ async def test_a_channel_without_identity_is_passed_over_silently(world: World) 
 async def test_a_text_after_an_announcement_answers_it_in_the_right_thread(
     world: World,
 ) -> None:
-    await announce(world, group_ids=["g-5b"], text="Husk matpakke til turen")
+    await world.announce(group_ids=["g-5b"], text="Husk matpakke til turen")
     await eventually(lambda: world.replies_to(MOR))
     await world.text(MOR, "Takk, den er grei")
     await eventually(lambda: notices(world))
@@ -249,7 +239,7 @@ async def test_a_text_after_an_announcement_answers_it_in_the_right_thread(
 
 
 async def test_an_answer_to_a_unit_wide_announcement_asks_which_child(world: World) -> None:
-    await announce(world, text="Skolen stenger kl 12 i morgen")
+    await world.announce(text="Skolen stenger kl 12 i morgen")
     await eventually(lambda: world.replies_to(MOR))
     await world.text(MOR, "Hvem henter de da?")
     question = (await eventually(lambda: world.replies_to(MOR)[1:]))[0]
@@ -305,12 +295,12 @@ async def test_stopp_stops_announcements_but_not_answers_to_the_parents_own_mess
     await world.text(MOR, "Ola er syk i dag")  # her own message: the confirmation still goes
     confirmation = (await eventually(lambda: world.replies_to(MOR)[1:]))[0]
     assert "ANGRE" in confirmation
-    announcement_id = await announce(world, student_ids=["s-ola"], text="Foreldremøte")
+    announcement_id = await world.announce(student_ids=["s-ola"], text="Foreldremøte")
     rows = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     sms = [r for r in rows if r["guardian_id"] == "gd-mor" and r["channel"] == "sms"]
     assert [r["status"] for r in sms] == ["skipped"]
     # ...and --urgent reaches her all the same.
-    urgent = await announce(world, student_ids=["s-ola"], text="Stengt nå!", urgent=True)
+    urgent = await world.announce(student_ids=["s-ola"], text="Stengt nå!", urgent=True)
     await eventually(
         lambda: world.rows(
             t.deliveries,
@@ -328,7 +318,7 @@ async def test_a_stop_word_by_email_or_the_unsubscribe_address_stops_email(
 ) -> None:
     await world.text(SKJULT, "STOPP")  # Siv: sms;email; SMS stopped, e-mail is open
     await eventually(lambda: world.replies_to(SKJULT))
-    await announce(world, student_ids=["s-lars"], text="Husk votter")
+    await world.announce(student_ids=["s-lars"], text="Husk votter")
     mail = (
         await eventually(
             lambda: [m for m in mails_to(world, "siv.hemmelig@example.no") if "votter" in str(m)]
@@ -343,7 +333,7 @@ async def test_a_stop_word_by_email_or_the_unsubscribe_address_stops_email(
         lambda: [m for m in mails_to(world, "siv.hemmelig@example.no") if "START" in str(m)]
     )
     assert ack
-    third = await announce(world, student_ids=["s-lars"], text="Husk skjerf")
+    third = await world.announce(student_ids=["s-lars"], text="Husk skjerf")
     rows = await world.rows(
         t.deliveries,
         t.deliveries.c.announcement_id == third,
@@ -401,7 +391,7 @@ async def test_no_sensitive_span_and_no_stranger_survives_processing(world: Worl
         body="Vi har sett at Ola er deprimert, ring oss.",
     )  # fmt: skip
     await eventually(lambda: len(mails_to(world, STAFF)) > staff_mails)
-    await eventually(_all_processed(world))
+    await eventually(world.all_processed)
 
     dump = await _dump_store(world)
     words = [w for _, found in SENSITIVE for w in found]
@@ -410,14 +400,6 @@ async def test_no_sensitive_span_and_no_stranger_survives_processing(world: Worl
     i = dump.find("98765432")
     assert i < 0, dump[max(0, i - 600) : i + 200]  # the stranger's number, in any form
     assert "[fjernet]" in dump  # what was kept is the redacted text
-
-
-def _all_processed(world: World) -> Any:
-    async def check() -> bool:
-        rows = await world.rows(t.inbound_events)
-        return bool(rows) and all(r["status"] == "processed" for r in rows)
-
-    return check
 
 
 async def _dump_store(world: World) -> str:

@@ -17,9 +17,11 @@ from sqlalchemy import select
 from adapters.fakes.smtp import FakeSmtp
 from adapters.fakes.telegram import FakeTelegram
 from adapters.fakes.twilio import FakeTwilio
+from bridge.announcements import create_announcement
 from bridge.app import Bridge
 from bridge.config import parse_config
 from bridge.roster import import_roster
+from bridge.store import tables as t
 
 ACCOUNT = "AC" + "0123456789abcdef" * 2
 TOKEN = "world-test-token"
@@ -51,6 +53,19 @@ class World:
 
     def replies_to(self, number: str) -> list[str]:
         return [m.body for m in self.twilio.sent if m.to == number]
+
+    async def announce(self, unit_id: str = "u-fjell", **kw: Any) -> str:
+        """Queue an announcement as the API and the CLI do, and wake the outbox."""
+        created = await create_announcement(
+            self.bridge.engine, self.bridge.settings, unit_id=unit_id, **kw
+        )
+        self.bridge.outbox.wake.set()
+        return created.announcement_id
+
+    async def all_processed(self) -> bool:
+        """Inbound events were stored, and every one of them is processed."""
+        events = await self.rows(t.inbound_events)
+        return bool(events) and all(e["status"] == "processed" for e in events)
 
     async def rows(self, table: Any, *where: Any) -> list[dict[str, Any]]:
         async with self.bridge.engine.connect() as conn:

@@ -178,18 +178,10 @@ async def test_staff_reach_only_their_units_threads_and_only_while_staff(
     await reimport(world, tmp_path, drop={"st-lise"})
     answer = await send_mail(world, sender=STAFF, to=token, body="Ja, det går fint!")
     assert isinstance(answer, (aiosmtplib.SMTPResponse, aiosmtplib.SMTPRecipientsRefused))
-    await _all_processed(world)
+    await eventually(world.all_processed)
     assert len(world.replies_to(MOR)) == before
     outgoing = await world.rows(t.messages, t.messages.c.direction == "out")
     assert [(m["author"], m["body"]) for m in outgoing] == []
-
-
-async def _all_processed(world: World) -> None:
-    async def done() -> bool:
-        rows = await world.rows(t.inbound_events)
-        return all(r["status"] == "processed" for r in rows)
-
-    await eventually(done)
 
 
 # --- the CLI ---------------------------------------------------------------------------
