@@ -41,6 +41,9 @@ class Bridge:
         self.senders: dict[str, Any] = {}
         self.app = build_app(self.engine)
         self.stopping = asyncio.Event()
+        # Set first on stop: no new sends are claimed while the rest shuts down, so
+        # only what is in flight goes out (and the stop stays within its 15 s).
+        self.sending_stop = asyncio.Event()
         self.caught_up = asyncio.Event()  # set after each look for missed inbound
         self.recover_now = asyncio.Event()  # look for missed inbound before the next round
         self.store_was_down = False
@@ -120,7 +123,7 @@ class Bridge:
             await self.mail_listener.start()
         self.tasks = [
             asyncio.create_task(self.inbox.run(self.stopping)),
-            asyncio.create_task(self.outbox.run(self.stopping)),
+            asyncio.create_task(self.outbox.run(self.sending_stop)),
         ]
         if self.telegram_sender is not None:
             await self._start_telegram()
@@ -204,6 +207,7 @@ class Bridge:
 
     async def stop(self) -> None:
         """Stop accepting, let the workers finish what is in flight, close everything."""
+        self.sending_stop.set()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.mail_listener is not None:

@@ -102,7 +102,9 @@ async def test_sigterm_with_500_queued_exits_0_in_15_s_and_loses_nothing(
         assert await asyncio.to_thread(proc.wait, 15) == 0
         assert time.monotonic() - started < 15
         sent_at_stop = len(twilio.sent)
-        assert sent_at_stop < recipients, "the stop came too late to mean anything"
+        # The stop claims nothing new: only the two rounds in flight (each about two
+        # seconds of sending at 50/s) go out, however long the rest of the stop takes.
+        assert sent_at_stop <= 300, f"{sent_at_stop} sent: the stop kept claiming"
 
         proc = _start(cfg, port)
         try:
