@@ -15,6 +15,7 @@ from bridge import inbox, logs, mail_flow, outbox, telegram_bot
 from bridge.api import add_api
 from bridge.config import Settings
 from bridge.domain import Accepted, InboundEvent, StatusUpdate, StoreUnavailable
+from bridge.group_commit import GroupCommit
 from bridge.http import build_app
 from bridge.intake import Intake
 from bridge.leader import Leadership
@@ -26,6 +27,7 @@ STOP_SECONDS = 15
 # SMTP connections kept open to the relay: one send waits out four round trips, so a
 # single connection caps a storm's e-mail share (bench/RESULTS.md, morning rush).
 MAIL_CONNECTIONS = 4
+STATUS_GROUP = 200  # status callbacks written in one transaction at most
 SMS_RECOVERY_EVERY = timedelta(minutes=15)
 SMS_RECOVERY_WINDOW = timedelta(hours=48)
 
@@ -37,6 +39,14 @@ class Bridge:
         self.settings = settings
         self.engine = create_engine(settings.database_url)
         self.intake = Intake(self.engine)  # group commit: many webhooks, one transaction
+        # Status callbacks the same way: a storm brings three per SMS.
+        self.statuses: GroupCommit[StatusUpdate, None] = GroupCommit(
+            lambda updates: outbox.record_statuses(self.engine, settings, updates),
+            name="statuses",
+            max_group=STATUS_GROUP,
+            splittable=outbox.status_error_splittable,
+            unavailable=StoreUnavailable,
+        )
         self.inbox = inbox.InboxWorker(self.engine, settings, intake_waiting=self.intake.waiting)
         self.senders: dict[str, Any] = {}
         self.app = build_app(self.engine)
@@ -106,7 +116,7 @@ class Bridge:
         return accepted
 
     async def record_status(self, update: StatusUpdate) -> None:
-        await outbox.record_status(self.engine, self.settings, update)
+        await self.statuses.submit(update)
 
     async def recipient_ok(self, address: str) -> bool:
         return await mail_flow.recipient_ok(self.engine, self.settings, address)
@@ -215,6 +225,8 @@ class Bridge:
         await self._stop_singletons()
         with contextlib.suppress(TimeoutError):  # a timeout answers the waiters "unavailable"
             await asyncio.wait_for(self.intake.close(), STOP_SECONDS / 3)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.statuses.close(), STOP_SECONDS / 6)
         self.stopping.set()
         if self.tasks:
             _, pending = await asyncio.wait(self.tasks, timeout=STOP_SECONDS - 6)

@@ -5,18 +5,14 @@
 repeats one SELECT of their stored ids. It is the only way an inbound event is stored;
 `bridge.inbox.accept` is `store_events` with one event.
 
-`Intake` is group commit in front of it. Each `accept` queues its event with a future;
-one writer task takes everything queued (up to `max_group`), stores it with one
-`store_events`, and resolves every future only after the commit. Nothing waits on a
-timer: while a group is being written the next one gathers, so a lone event is written
-at once and a burst costs one transaction per group instead of one per event. On
-SQLite's single connection that also leaves the connection free far more often for the
-inbox worker, which queues for it beside the writer.
+`Intake` is group commit (`bridge.group_commit`) in front of it: every webhook waiting
+at the same moment is stored by one `store_events`, and each is answered only after the
+commit. On SQLite's single connection that also leaves the connection free far more
+often for the inbox worker, which queues for it beside the writer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge import metrics
 from bridge.domain import Accepted, InboundEvent, StoreUnavailable
+from bridge.group_commit import GroupCommit
 from bridge.store import tables as t
 
 log = logging.getLogger("skolebro.intake")
@@ -115,106 +112,26 @@ def _row_level(exc: BaseException) -> bool:
     return isinstance(cause, TypeError | ValueError)
 
 
-def _copy(exc: Exception) -> Exception:
-    """The exception for one waiter: a StoreUnavailable of its own (so that tracebacks do
-    not pile up on one instance raised in many tasks), any other error as it is."""
-    if not isinstance(exc, StoreUnavailable):
-        return exc
-    copy = StoreUnavailable(*exc.args)
-    copy.__cause__ = exc.__cause__
-    return copy
-
-
-_Waiter = tuple[InboundEvent, "asyncio.Future[Accepted]"]
-
-
-class Intake:
+class Intake(GroupCommit[InboundEvent, Accepted]):
     """Group commit for inbound events: `accept` returns once its event is committed."""
 
     def __init__(self, engine: AsyncEngine, *, max_group: int = MAX_GROUP) -> None:
+        super().__init__(
+            lambda events: store_events(engine, events),
+            name="intake",
+            max_group=max_group,
+            splittable=_row_level,
+            unavailable=StoreUnavailable,
+        )
         self.engine = engine
-        self.max_group = max(1, max_group)
-        self._queue: list[_Waiter] = []
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._closed = False
-        self._writing = False  # a group taken and not yet answered
-        self.groups = 0  # transactions written, for tests and benchmarks
-        self.events = 0
 
     async def accept(self, event: InboundEvent) -> Accepted:
-        """Commit `event` (with whatever else is waiting); StoreUnavailable if we can't."""
-        if self._closed:
-            raise StoreUnavailable("intake closed")
-        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
-        self._queue.append((event, future))
-        self._wake.set()
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._run(), name="skolebro-intake")
-        # A cancelled caller (a timeout) does not cancel the group; its event may be
-        # stored all the same, and the provider's retry is then a repeat.
-        return await future
+        """Commit `event` (with whatever else is waiting); StoreUnavailable if we can't.
 
-    def waiting(self) -> bool:
-        """Whether events wait to be written (queued, or in a group not yet committed)."""
-        return self._writing or bool(self._queue)
+        A cancelled caller (a timeout) does not cancel the group; its event may be stored
+        all the same, and the provider's retry is then a repeat."""
+        return await self.submit(event)
 
-    async def close(self) -> None:
-        """Write what is queued, then stop the writer; later accepts are refused."""
-        self._closed = True
-        self._wake.set()
-        if self._writer is not None:
-            await self._writer
-
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closed:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            group = self._queue[: self.max_group]
-            del self._queue[: self.max_group]
-            self._writing = True
-            try:
-                await self._write(group)
-            except BaseException as exc:  # cancelled while writing: no answer is a "stored"
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(StoreUnavailable("intake stopped"))
-                for _, future in self._queue:
-                    if not future.done():
-                        future.set_exception(StoreUnavailable("intake stopped"))
-                self._queue.clear()
-                if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-                    raise
-                log.exception("intake writer failed")
-            finally:
-                self._writing = False
-
-    async def _write(self, group: list[_Waiter]) -> None:
-        events = [event for event, _ in group]
-        try:
-            results = await store_events(self.engine, events)
-        except Exception as exc:
-            if len(group) > 1 and _row_level(exc):
-                # One event's data may have failed the group: each alone, so that only
-                # the one at fault is refused. The group itself stored nothing.
-                log.warning(
-                    "intake group of %d events failed (%s); one at a time",
-                    len(group),
-                    type(exc.__cause__ or exc).__name__,
-                )
-                for waiter in group:
-                    await self._write([waiter])
-                return
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(_copy(exc))
-            return
-        self.groups += 1
-        self.events += len(group)
-        for (_, future), accepted in zip(group, results, strict=True):
-            if not future.done():
-                future.set_result(accepted)
+    @property
+    def events(self) -> int:
+        return self.items

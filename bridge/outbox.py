@@ -7,11 +7,13 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, insert, select, text, tuple_, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge import metrics, reply_tokens
@@ -23,6 +25,7 @@ from bridge.domain import (
     SendOutcome,
     SendResult,
     StatusUpdate,
+    StoreUnavailable,
     mail_content,
 )
 from bridge.routing import load_routes
@@ -763,27 +766,50 @@ async def mark_contact_dead(
 
 async def record_status(engine: AsyncEngine, settings: Settings, update_: StatusUpdate) -> None:
     """A provider's later word on a send; moves a delivery forward, never back."""
-    d = t.deliveries
+    await record_statuses(engine, settings, [update_])
+
+
+async def record_statuses(
+    engine: AsyncEngine, settings: Settings, updates: Sequence[StatusUpdate]
+) -> list[None]:
+    """Providers' later words on sends, applied in order in one transaction.
+
+    The running bridge writes every status callback waiting at the same moment this
+    way (`bridge.group_commit`): a storm brings three callbacks per SMS."""
     now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        for update_ in updates:
+            await _apply_status(conn, settings, update_, now)
+    return [None] * len(updates)
+
+
+def status_error_splittable(exc: BaseException) -> bool:
+    """Whether one callback's data may have failed a group of them (not the store)."""
+    return not isinstance(exc, OperationalError | InterfaceError | OSError | StoreUnavailable)
+
+
+async def _apply_status(
+    conn: AsyncConnection, settings: Settings, update_: StatusUpdate, now: datetime
+) -> None:
+    d = t.deliveries
     if update_.delivery_id:
         where = d.c.id == update_.delivery_id
     else:
         where = and_(d.c.channel == update_.channel.value, d.c.provider_id == update_.provider_id)
-    async with engine.begin() as conn:
-        found = (await conn.execute(select(d).where(where))).mappings().first()
-        if found is None or found["status"] in TERMINAL:
-            return
-        row = dict(found)
-        if update_.status == "failed":
-            values: dict[str, Any] = {"status": "failed", "last_error": update_.error}
-        elif RANK.get(update_.status, -1) > RANK.get(row["status"], -1):
-            values = {"status": update_.status}
-        else:
-            return
-        if not row["provider_id"]:
-            values["provider_id"] = update_.provider_id
-        await conn.execute(update(d).where(d.c.id == row["id"]).values(updated_at=now, **values))
-        if update_.contact_dead and row["address"]:
-            await mark_contact_dead(conn, update_.channel.value, row["address"], update_.error)
-        if values["status"] == "failed":
-            await fall_back(conn, row, settings)
+    found = (await conn.execute(select(d).where(where))).mappings().first()
+    if found is None or found["status"] in TERMINAL:
+        return
+    row = dict(found)
+    if update_.status == "failed":
+        values: dict[str, Any] = {"status": "failed", "last_error": update_.error}
+    elif RANK.get(update_.status, -1) > RANK.get(row["status"], -1):
+        values = {"status": update_.status}
+    else:
+        return
+    if not row["provider_id"]:
+        values["provider_id"] = update_.provider_id
+    await conn.execute(update(d).where(d.c.id == row["id"]).values(updated_at=now, **values))
+    if update_.contact_dead and row["address"]:
+        await mark_contact_dead(conn, update_.channel.value, row["address"], update_.error)
+    if values["status"] == "failed":
+        await fall_back(conn, row, settings)

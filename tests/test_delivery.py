@@ -158,6 +158,26 @@ async def test_out_of_order_callbacks_keep_the_furthest_status(world: World) -> 
     assert row["status"] == "delivered"
 
 
+async def test_callbacks_arriving_together_share_one_transaction(world: World) -> None:
+    students = [f"s-{i}" for i in (0, 1, 4, 5, 8, 9)]  # SMS first
+    announcement_id = await world.announce(student_ids=students, text="Hei")
+    await eventually(lambda: _delivered(world, announcement_id, len(students)))
+    rows = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
+    statuses = world.bridge.statuses
+    # Every callback so far went through the group commit, and each was applied.
+    assert statuses.items >= 2 * len(students)
+    groups_before = statuses.groups
+    late = [
+        StatusUpdate(Channel.SMS, row["provider_id"], status)
+        for row in rows
+        for status in ("queued", "sent", "failed")
+    ]
+    await asyncio.gather(*(world.bridge.record_status(update) for update in late))
+    assert statuses.groups - groups_before <= 2  # 18 callbacks, at most two transactions
+    after = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
+    assert {r["status"] for r in after} == {"delivered"}  # never moved back
+
+
 async def test_failed_callback_after_sent_falls_back(world: World) -> None:
     world.twilio.set_outcome(mobile(1), "undelivered", 30005)  # unknown destination handset
     announcement_id = await world.announce(student_ids=["s-1"], text="Hei")
