@@ -39,7 +39,7 @@ class Bridge:
         self.settings = settings
         self.engine = create_engine(settings.database_url)
         self.intake = Intake(self.engine)  # group commit: many webhooks, one transaction
-        # Status callbacks the same way: a storm brings three per SMS.
+        # Status callbacks the same way: a storm brings two per SMS (sent, delivered).
         self.statuses: GroupCommit[StatusUpdate, None] = GroupCommit(
             lambda updates: outbox.record_statuses(self.engine, settings, updates),
             name="statuses",

@@ -775,7 +775,7 @@ async def record_statuses(
     """Providers' later words on sends, applied in order in one transaction.
 
     The running bridge writes every status callback waiting at the same moment this
-    way (`bridge.group_commit`): a storm brings three callbacks per SMS."""
+    way (`bridge.group_commit`): a storm brings two per SMS (sent, delivered)."""
     now = datetime.now(UTC)
     async with engine.begin() as conn:
         for update_ in updates:
