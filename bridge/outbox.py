@@ -775,41 +775,79 @@ async def record_statuses(
     """Providers' later words on sends, applied in order in one transaction.
 
     The running bridge writes every status callback waiting at the same moment this
-    way (`bridge.group_commit`): a storm brings two per SMS (sent, delivered)."""
+    way (`bridge.group_commit`): a storm brings two per SMS (sent, delivered). The
+    group costs one read and one write, whatever its size; only a failure (with its
+    fallback) is written on its own."""
+    d = t.deliveries
     now = datetime.now(UTC)
     async with engine.begin() as conn:
+        by_id, by_provider = await _deliveries_for(conn, updates)
+        moved: dict[str, dict[str, Any]] = {}  # delivery id -> its plain status change
         for update_ in updates:
-            await _apply_status(conn, settings, update_, now)
+            if update_.delivery_id:
+                row = by_id.get(update_.delivery_id)
+            else:
+                row = by_provider.get((update_.channel.value, update_.provider_id))
+            if row is None or row["status"] in TERMINAL:
+                continue
+            if update_.status == "failed":
+                values: dict[str, Any] = {"status": "failed", "last_error": update_.error}
+            elif RANK.get(update_.status, -1) > RANK.get(row["status"], -1):
+                values = {"status": update_.status}
+            else:
+                continue
+            values["provider_id"] = row["provider_id"] or update_.provider_id
+            row.update(values)  # what a later update in the group sees
+            if values["status"] != "failed":
+                moved[row["id"]] = {
+                    "_id": row["id"],
+                    "_status": values["status"],
+                    "_provider": values["provider_id"],
+                }
+                continue
+            moved.pop(row["id"], None)
+            await conn.execute(
+                update(d).where(d.c.id == row["id"]).values(updated_at=now, **values)
+            )
+            if update_.contact_dead and row["address"]:
+                await mark_contact_dead(conn, update_.channel.value, row["address"], update_.error)
+            await fall_back(conn, row, settings)
+        if moved:
+            await conn.execute(
+                update(d)
+                .where(d.c.id == bindparam("_id"))
+                .values(
+                    updated_at=now,
+                    status=bindparam("_status"),
+                    provider_id=bindparam("_provider"),
+                ),
+                list(moved.values()),
+            )
     return [None] * len(updates)
+
+
+async def _deliveries_for(
+    conn: AsyncConnection, updates: Sequence[StatusUpdate]
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
+    """The deliveries the updates name, by id and by (channel, provider id): one dict
+    per delivery, however it was named."""
+    d = t.deliveries
+    ids = {u.delivery_id for u in updates if u.delivery_id}
+    provider_ids = {u.provider_id for u in updates if not u.delivery_id and u.provider_id}
+    rows: dict[str, dict[str, Any]] = {}
+    for where in (
+        d.c.id.in_(ids) if ids else None,
+        d.c.provider_id.in_(provider_ids) if provider_ids else None,
+    ):
+        if where is not None:
+            for found in (await conn.execute(select(d).where(where))).mappings():
+                rows.setdefault(found["id"], dict(found))
+    by_provider = {
+        (row["channel"], row["provider_id"]): row for row in rows.values() if row["provider_id"]
+    }
+    return rows, by_provider
 
 
 def status_error_splittable(exc: BaseException) -> bool:
     """Whether one callback's data may have failed a group of them (not the store)."""
     return not isinstance(exc, OperationalError | InterfaceError | OSError | StoreUnavailable)
-
-
-async def _apply_status(
-    conn: AsyncConnection, settings: Settings, update_: StatusUpdate, now: datetime
-) -> None:
-    d = t.deliveries
-    if update_.delivery_id:
-        where = d.c.id == update_.delivery_id
-    else:
-        where = and_(d.c.channel == update_.channel.value, d.c.provider_id == update_.provider_id)
-    found = (await conn.execute(select(d).where(where))).mappings().first()
-    if found is None or found["status"] in TERMINAL:
-        return
-    row = dict(found)
-    if update_.status == "failed":
-        values: dict[str, Any] = {"status": "failed", "last_error": update_.error}
-    elif RANK.get(update_.status, -1) > RANK.get(row["status"], -1):
-        values = {"status": update_.status}
-    else:
-        return
-    if not row["provider_id"]:
-        values["provider_id"] = update_.provider_id
-    await conn.execute(update(d).where(d.c.id == row["id"]).values(updated_at=now, **values))
-    if update_.contact_dead and row["address"]:
-        await mark_contact_dead(conn, update_.channel.value, row["address"], update_.error)
-    if values["status"] == "failed":
-        await fall_back(conn, row, settings)

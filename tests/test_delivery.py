@@ -22,7 +22,7 @@ from bridge.announcements import AnnouncementError, create_announcement, summary
 from bridge.config import EmailSettings, Settings
 from bridge.digests import HELD
 from bridge.domain import Channel, StatusUpdate
-from bridge.outbox import record_status
+from bridge.outbox import record_status, record_statuses
 from bridge.routing import load_routes, quiet_until
 from bridge.store import tables as t
 from tests.cli import skolebro, write_config
@@ -176,6 +176,73 @@ async def test_callbacks_arriving_together_share_one_transaction(world: World) -
     assert statuses.groups - groups_before <= 2  # 18 callbacks, at most two transactions
     after = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     assert {r["status"] for r in after} == {"delivered"}  # never moved back
+
+
+async def test_a_group_of_callbacks_applies_each_in_order(world: World) -> None:
+    world.twilio.callback_delay = 60  # the fake's own callbacks come too late to matter
+    announcement_id = await world.announce(student_ids=["s-0", "s-1"], text="Hei")
+    rows = await eventually(
+        lambda: _rows_where(
+            world, announcement_id, lambda rs: {r["status"] for r in rs} == {"sent"}
+        )
+    )
+    by_guardian = {r["guardian_id"]: r for r in rows}
+    only_sms, sms_then_email = by_guardian["gd-0"], by_guardian["gd-1"]
+    await record_statuses(
+        world.bridge.engine,
+        world.bridge.settings,
+        [
+            StatusUpdate(
+                Channel.SMS, only_sms["provider_id"], "delivered", delivery_id=only_sms["id"]
+            ),
+            StatusUpdate(Channel.SMS, only_sms["provider_id"], "sent"),  # never back
+            StatusUpdate(Channel.SMS, "SMunknown", "delivered", delivery_id="dl-unknown"),
+            StatusUpdate(Channel.SMS, sms_then_email["provider_id"], "delivered"),  # by provider id
+            StatusUpdate(Channel.SMS, sms_then_email["provider_id"], "failed", error="30005: x"),
+        ],
+    )
+    after = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
+    status = {(r["guardian_id"], r["channel"]): r for r in after}
+    assert status["gd-0", "sms"]["status"] == "delivered"
+    # Delivered is final: the failure that came after it in the same group changes nothing.
+    assert status["gd-1", "sms"]["status"] == "delivered" and ("gd-1", "email") not in status
+
+    await record_statuses(
+        world.bridge.engine,
+        world.bridge.settings,
+        [StatusUpdate(Channel.SMS, "SMx", "failed", error="30005: x", delivery_id=only_sms["id"])],
+    )
+    assert (await world.rows(t.deliveries, t.deliveries.c.id == only_sms["id"]))[0][
+        "status"
+    ] == "delivered"
+
+
+async def test_a_failure_in_a_group_falls_back_and_the_rest_still_moves(world: World) -> None:
+    world.twilio.callback_delay = 60
+    announcement_id = await world.announce(student_ids=["s-0", "s-1"], text="Hei")
+    rows = await eventually(
+        lambda: _rows_where(
+            world, announcement_id, lambda rs: {r["status"] for r in rs} == {"sent"}
+        )
+    )
+    by_guardian = {r["guardian_id"]: r for r in rows}
+    await record_statuses(
+        world.bridge.engine,
+        world.bridge.settings,
+        [
+            StatusUpdate(
+                Channel.SMS, by_guardian["gd-1"]["provider_id"], "failed", error="30005: x"
+            ),
+            StatusUpdate(Channel.SMS, by_guardian["gd-1"]["provider_id"], "delivered"),  # too late
+            StatusUpdate(Channel.SMS, by_guardian["gd-0"]["provider_id"], "delivered"),
+        ],
+    )
+    after = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
+    status = {(r["guardian_id"], r["channel"]): r for r in after}
+    failed = status["gd-1", "sms"]
+    assert failed["status"] == "failed" and failed["last_error"] == "30005: x"
+    assert status["gd-1", "email"]["fallback_of"] == failed["id"]
+    assert status["gd-0", "sms"]["status"] == "delivered"
 
 
 async def test_failed_callback_after_sent_falls_back(world: World) -> None:
