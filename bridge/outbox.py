@@ -764,15 +764,11 @@ async def mark_contact_dead(
         )
 
 
-async def record_status(engine: AsyncEngine, settings: Settings, update_: StatusUpdate) -> None:
-    """A provider's later word on a send; moves a delivery forward, never back."""
-    await record_statuses(engine, settings, [update_])
-
-
 async def record_statuses(
     engine: AsyncEngine, settings: Settings, updates: Sequence[StatusUpdate]
 ) -> list[None]:
-    """Providers' later words on sends, applied in order in one transaction.
+    """Providers' later words on sends, applied in order in one transaction: each
+    moves its delivery forward, never back.
 
     The running bridge writes every status callback waiting at the same moment this
     way (`bridge.group_commit`): a storm brings two per SMS (sent, delivered). The

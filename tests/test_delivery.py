@@ -22,7 +22,7 @@ from bridge.announcements import AnnouncementError, create_announcement, summary
 from bridge.config import EmailSettings, Settings
 from bridge.digests import HELD
 from bridge.domain import Channel, StatusUpdate
-from bridge.outbox import record_status, record_statuses
+from bridge.outbox import record_statuses
 from bridge.routing import load_routes, quiet_until
 from bridge.store import tables as t
 from tests.cli import skolebro, write_config
@@ -149,11 +149,7 @@ async def test_out_of_order_callbacks_keep_the_furthest_status(world: World) -> 
     await eventually(lambda: _delivered(world, announcement_id, 1))
     (row,) = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     for late in ("sent", "queued"):
-        await record_status(
-            world.bridge.engine,
-            world.bridge.settings,
-            StatusUpdate(Channel.SMS, row["provider_id"], late),
-        )
+        await world.bridge.record_status(StatusUpdate(Channel.SMS, row["provider_id"], late))
     (row,) = await world.rows(t.deliveries, t.deliveries.c.announcement_id == announcement_id)
     assert row["status"] == "delivered"
 
