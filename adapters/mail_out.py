@@ -28,6 +28,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -37,8 +38,10 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from email import message_from_bytes
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, parseaddr
 from typing import Literal
 
@@ -218,36 +221,124 @@ def build_message(
 
     ValueError when the content cannot make a valid message (a bad address, a header).
     """
-    email = settings.email
     msg = EmailMessage()
-    msg["From"] = Address(
-        display_name=clean_line(content.from_display or ""), addr_spec=email.from_address
+    for name, value in _recipient_headers(content, settings, delivery_id, now):
+        msg[name] = value
+    _add_shared(msg, content, settings.email.from_address)
+    return msg
+
+
+def render_message(
+    content: MailContent,
+    settings: Settings,
+    *,
+    delivery_id: str | None = None,
+    now: datetime | None = None,
+) -> tuple[bytes | EmailMessage, str]:
+    """What `build_message` makes, ready for SMTP, and its Message-ID (no brackets).
+
+    Most mails of one announcement or digest differ only in the headers of
+    `_recipient_headers`. The rest (From, Subject, the MIME parts) is rendered once per
+    content and kept (`_shared_part`), and those headers are written out as they are
+    when each is a plain ASCII token on one short line, which the email package would
+    write the same way (parsing each header is most of what a message costs: bench/
+    RESULTS.md, morning rush). Then the result is the message's bytes (CRLF, ASCII).
+    Anything else is the `EmailMessage` itself. ValueError as for `build_message`.
+    """
+    headers = _recipient_headers(content, settings, delivery_id, now)
+    message_id = message_ids(dict(headers)["Message-ID"])[0]
+    if not all(_plain_header(name, value) for name, value in headers):
+        return build_message(content, settings, delivery_id=delivery_id, now=now), message_id
+    shared = _shared_part(
+        content.from_display,
+        content.subject,
+        content.text,
+        content.html,
+        content.auto_submitted,
+        tuple(content.headers.items()),
+        settings.email.from_address,
     )
-    msg["To"] = clean_line(content.to)
-    msg["Subject"] = clean_line(content.subject)
-    msg["Date"] = format_datetime((now or datetime.now(UTC)).astimezone(settings.tz))
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return head.encode("ascii") + shared, message_id
+
+
+def _recipient_headers(
+    content: MailContent, settings: Settings, delivery_id: str | None, now: datetime | None
+) -> list[tuple[str, str]]:
+    """The headers that differ from one recipient (or one send) to the next."""
+    headers = [
+        ("To", clean_line(content.to)),
+        ("Date", format_datetime((now or datetime.now(UTC)).astimezone(settings.tz))),
+    ]
     ids = message_ids(content.message_id or "") if content.message_id else []
     mid = ids[0] if ids else make_message_id(delivery_id, settings)
-    msg["Message-ID"] = f"<{mid}>"
+    headers.append(("Message-ID", f"<{mid}>"))
     if content.reply_to:
-        msg["Reply-To"] = clean_line(content.reply_to)
+        headers.append(("Reply-To", clean_line(content.reply_to)))
     if content.in_reply_to:
-        msg["In-Reply-To"] = _bracketed(message_ids(content.in_reply_to)[:1])
+        headers.append(("In-Reply-To", _bracketed(message_ids(content.in_reply_to)[:1])))
     refs = [r for ref in content.references for r in message_ids(ref)]
     if refs:
-        msg["References"] = _bracketed(refs)
-    if content.auto_submitted:
-        msg["Auto-Submitted"] = "auto-generated"
-        # Exchange honours this and sends no out-of-office answer to automatic mail.
-        msg["X-Auto-Response-Suppress"] = "OOF, AutoReply"
+        headers.append(("References", _bracketed(refs)))
     if content.list_unsubscribe:
         value = clean_line(content.list_unsubscribe)
         if not value.startswith("<"):
             value = f"<{value}>"
-        msg["List-Unsubscribe"] = value
+        headers.append(("List-Unsubscribe", value))
         if "<https:" in value.lower():  # RFC 8058 one-click needs an HTTPS URI
-            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg[LOOP_HEADER] = domain_of(email.from_address)
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    return headers
+
+
+# A header the email package writes back exactly as given: a bare address, bracketed
+# ids or URIs, a date; printable ASCII, no quotes, comments or groups, on one line.
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~<>@:;,\-]+(?: [A-Za-z0-9.:+<>@\-]+)*")
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def _plain_header(name: str, value: str) -> bool:
+    if len(name) + 2 + len(value) > 76 or not _PLAIN_VALUE.fullmatch(value):
+        return False
+    if name in ("To", "Reply-To"):
+        return _PLAIN_ADDRESS.fullmatch(value) is not None
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_part(
+    from_display: str | None,
+    subject: str,
+    text: str,
+    html: str | None,
+    auto_submitted: bool,
+    headers: tuple[tuple[str, str], ...],
+    from_address: str,
+) -> bytes:
+    """From, Subject and the other shared headers, and the MIME parts, as SMTP bytes."""
+    msg = EmailMessage()
+    content = MailContent(
+        to="",
+        subject=subject,
+        text=text,
+        html=html,
+        from_display=from_display,
+        auto_submitted=auto_submitted,
+        headers=dict(headers),
+    )
+    _add_shared(msg, content, from_address)
+    return msg.as_bytes(policy=SMTP_POLICY)
+
+
+def _add_shared(msg: EmailMessage, content: MailContent, from_address: str) -> None:
+    msg["From"] = Address(
+        display_name=clean_line(content.from_display or ""), addr_spec=from_address
+    )
+    msg["Subject"] = clean_line(content.subject)
+    if content.auto_submitted:
+        msg["Auto-Submitted"] = "auto-generated"
+        # Exchange honours this and sends no out-of-office answer to automatic mail.
+        msg["X-Auto-Response-Suppress"] = "OOF, AutoReply"
+    msg[LOOP_HEADER] = domain_of(from_address)
     for name, value in content.headers.items():
         if not _HEADER_NAME.match(name) or name.lower() in _PROTECTED_HEADERS:
             raise ValueError("mail.headers: a header name that may not be set")
@@ -258,7 +349,6 @@ def build_message(
         msg.add_alternative(content.html, subtype="html", charset="utf-8", cte="quoted-printable")
         for part in msg.iter_parts():
             del part["MIME-Version"]  # the stdlib repeats it in each part; once is the rule
-    return msg
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -323,11 +413,16 @@ class _Connection:
         self.smtp: aiosmtplib.SMTP | None = None
         self.last_used = 0.0
 
-    async def send(self, msg: EmailMessage, mail_from: str, rcpt: str) -> None:
+    async def send(self, msg: bytes | EmailMessage, mail_from: str, rcpt: str) -> None:
         await self._ready()
         assert self.smtp is not None
         try:
-            await self.smtp.send_message(msg, sender=mail_from, recipients=[rcpt])
+            if isinstance(msg, bytes) and (mail_from + rcpt).isascii():
+                await self.smtp.sendmail(mail_from, [rcpt], msg)
+            else:  # aiosmtplib works out SMTPUTF8 and 8BITMIME
+                if isinstance(msg, bytes):
+                    msg = message_from_bytes(msg, _class=EmailMessage, policy=SMTP_POLICY)
+                await self.smtp.send_message(msg, sender=mail_from, recipients=[rcpt])
         except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPResponseException) as e:
             # aiosmtplib has sent RSET: the connection stays usable, except after a 421
             # (it closed it) or a refused login.
@@ -447,7 +542,7 @@ class MailSender:
     async def send(self, out: Outgoing) -> SendResult:
         try:
             content = content_for(out)
-            msg = build_message(content, self._settings, delivery_id=out.delivery_id)
+            msg, provider_id = render_message(content, self._settings, delivery_id=out.delivery_id)
         except (ValueError, TypeError) as e:
             log.warning(
                 "mail delivery %s: unusable content (%s)", out.delivery_id, type(e).__name__
@@ -456,7 +551,6 @@ class MailSender:
         rcpt = out.address.strip()
         if not _plausible_address(rcpt):
             return SendResult(SendOutcome.PERMANENT, error="invalid address", contact_dead=True)
-        provider_id = message_ids(str(msg["Message-ID"]))[0]
         pool = self._get_pool()
         connection = await pool.get()
         try:

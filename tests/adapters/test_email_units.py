@@ -37,6 +37,7 @@ from adapters.mail_out import (
     build_message,
     classify,
     content_for,
+    render_message,
 )
 from adapters.mail_parse import (
     MAX_MIME_PARTS,
@@ -422,6 +423,78 @@ def test_build_message_cannot_be_injected() -> None:
         build_message(replace(content, headers={"From": "x@evil.example"}), SETTINGS)
     with pytest.raises(ValueError):
         build_message(replace(content, headers={"X-Bad Name": "x"}), SETTINGS)
+
+
+def _flat(msg: EmailMessage) -> bytes:
+    return msg.as_bytes(policy=policy.SMTP)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        MailContent(to="kari@example.no", subject="Storm", text="Skolen stenger kl 12."),
+        MailContent(
+            to="Kari.Nordmann+skole@example.no",
+            subject="Foreldremøte – 5B",
+            text="Hei!\n\nMøte tirsdag.\n.\nHilsen skolen",  # a lone dot: stuffed on the wire
+            from_display="Fjellsiden skole",
+            reply_to=REPLY,
+            list_unsubscribe=f"mailto:{REPLY}?subject=STOPP",
+        ),
+        MailContent(
+            to="kari@example.no",
+            subject="Svar",
+            text="Takk",
+            reply_to=REPLY,
+            in_reply_to="<orig@example.no>",
+            references=("<first@example.no>", "<orig@example.no>"),
+            auto_submitted=True,
+            headers={"X-Skolebro-Kind": "reply"},
+        ),
+    ],
+)
+def test_rendered_message_is_the_built_one_byte_for_byte(content: MailContent) -> None:
+    now = datetime(2026, 11, 26, 7, 12, tzinfo=UTC)
+    rendered, message_id = render_message(content, SETTINGS, delivery_id="dl-7", now=now)
+    assert isinstance(rendered, bytes)  # plain headers: the shared part is reused
+    built = build_message(content, SETTINGS, delivery_id="dl-7", now=now)
+    assert rendered == _flat(built)
+    assert message_id == "skolebro.dl-7@example.kommune.no"
+    again, _ = render_message(replace(content, to="ola@example.no"), SETTINGS, now=now)
+    assert isinstance(again, bytes) and b"To: ola@example.no\r\n" in again
+    assert again.split(b"Subject:", 1)[1] == rendered.split(b"Subject:", 1)[1]
+
+
+def test_rendered_message_with_html_parses_as_the_built_one() -> None:
+    now = datetime(2026, 11, 26, 7, 12, tzinfo=UTC)
+    content = replace(rich(), to="kari@example.no")
+    rendered, _ = render_message(content, SETTINGS, delivery_id="dl-0190abc", now=now)
+    assert isinstance(rendered, bytes)
+    built = build_message(content, SETTINGS, delivery_id="dl-0190abc", now=now)
+    fast, slow = parsed(rendered), parsed(_flat(built))
+    # The same headers in the same order; only the MIME boundary is drawn anew.
+    assert [(k, str(v)) for k, v in fast.items() if k != "Content-Type"] == [
+        (k, str(v)) for k, v in slow.items() if k != "Content-Type"
+    ]
+    assert fast.get_content_type() == slow.get_content_type() == "multipart/alternative"
+    for a, b in zip(fast.iter_parts(), slow.iter_parts(), strict=True):
+        assert a.get_content_type() == b.get_content_type() and a.get_content() == b.get_content()
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "Kari Nordmann <kari@example.no>",  # a display name: the email package writes it
+        "kåri@eksempel.no",  # not ASCII
+        "kari@example.no, ola@example.no",  # a list
+        "kari+" + "x" * 80 + "@example.no",  # too long for one line
+    ],
+)
+def test_headers_that_are_not_plain_go_through_the_email_package(to: str) -> None:
+    content = MailContent(to=to, subject="Hei", text="Hei")
+    rendered, message_id = render_message(content, SETTINGS, delivery_id="dl-8")
+    assert isinstance(rendered, EmailMessage)
+    assert message_id == "skolebro.dl-8@example.kommune.no"
 
 
 # -- outbound: errors -------------------------------------------------------------------------
