@@ -8,7 +8,7 @@ two things is a trap for readers and for scripts run from inside `adapters/`.)
 - `adapters.mail_parse`   raw bytes -> parsed message (bounded), best text, attachments
 - `adapters.mail_filters` the filter chain: DMARC, loop, bounce, auto-reply, sender trust
 - `adapters.mail_in`      `MailListener`: SMTP/LMTP in, `analyse()`, InboundEvents out
-- `adapters.mail_out`     `MailContent`, `build_message()`, `MailSender`, `classify()`
+- `adapters.mail_out`     `MailContent`, `render_message()`, `MailSender`, `classify()`
 
 What the core provides:
 
@@ -32,9 +32,9 @@ from adapters.mail_out import (
     MAIL_JSON_PREFIX,
     MailContent,
     MailSender,
-    build_message,
     classify,
     content_for,
+    render_message,
 )
 from adapters.mail_parse import MimeTooComplex, best_text, html_to_text, parse_mail
 
@@ -53,10 +53,10 @@ __all__ = [
     "Verdict",
     "analyse",
     "best_text",
-    "build_message",
     "classify",
     "content_for",
     "html_to_text",
     "parse_mail",
+    "render_message",
     "run_filters",
 ]

@@ -38,10 +38,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from email import message_from_bytes
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
+from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
+from email.policy import EmailPolicy
 from email.utils import format_datetime, parseaddr
 from typing import Literal
 
@@ -210,45 +211,29 @@ def _bracketed(ids: list[str]) -> str:
     return " ".join(f"<{i}>" for i in ids)
 
 
-def build_message(
-    content: MailContent,
-    settings: Settings,
-    *,
-    delivery_id: str | None = None,
-    now: datetime | None = None,
-) -> EmailMessage:
-    """The MIME message: text/plain, or multipart/alternative with HTML; UTF-8 throughout.
-
-    ValueError when the content cannot make a valid message (a bad address, a header).
-    """
-    msg = EmailMessage()
-    for name, value in _recipient_headers(content, settings, delivery_id, now):
-        msg[name] = value
-    _add_shared(msg, content, settings.email.from_address)
-    return msg
-
-
 def render_message(
     content: MailContent,
     settings: Settings,
     *,
     delivery_id: str | None = None,
     now: datetime | None = None,
-) -> tuple[bytes | EmailMessage, str]:
-    """What `build_message` makes, ready for SMTP, and its Message-ID (no brackets).
+    utf8: bool = False,
+) -> tuple[bytes, str]:
+    """The MIME message as SMTP's DATA (CRLF, ASCII), and its Message-ID (no brackets).
 
-    Most mails of one announcement or digest differ only in the headers of
-    `_recipient_headers`. The rest (From, Subject, the MIME parts) is rendered once per
-    content and kept (`_shared_part`), and those headers are written out as they are
-    when each is a plain ASCII token on one short line, which the email package would
-    write the same way (parsing each header is most of what a message costs: bench/
-    RESULTS.md, morning rush). Then the result is the message's bytes (CRLF, ASCII).
-    Anything else is the `EmailMessage` itself. ValueError as for `build_message`.
+    text/plain, or multipart/alternative with HTML; UTF-8 throughout. Most mails of one
+    announcement or digest differ only in `_recipient_headers`. The rest (From, Subject,
+    the MIME parts) is rendered by the email package once per content and kept
+    (`_shared_part`); the per-recipient headers are written out as they are when plain
+    (`_plain_header`: what the email package would write too), else folded by the email
+    package one by one. Parsing every header was most of what a message cost
+    (bench/RESULTS.md, morning rush). With `utf8` (an SMTPUTF8 envelope) those headers
+    carry UTF-8 as it is, else encoded words.
+
+    ValueError when the content cannot make a valid message (a bad address, a header).
     """
     headers = _recipient_headers(content, settings, delivery_id, now)
     message_id = message_ids(dict(headers)["Message-ID"])[0]
-    if not all(_plain_header(name, value) for name, value in headers):
-        return build_message(content, settings, delivery_id=delivery_id, now=now), message_id
     shared = _shared_part(
         content.from_display,
         content.subject,
@@ -258,8 +243,9 @@ def render_message(
         tuple(content.headers.items()),
         settings.email.from_address,
     )
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    return head.encode("ascii") + shared, message_id
+    policy = SMTPUTF8_POLICY if utf8 else SMTP_POLICY
+    head = b"".join(_header_line(name, value, policy) for name, value in headers)
+    return head + shared, message_id
 
 
 def _recipient_headers(
@@ -290,18 +276,34 @@ def _recipient_headers(
     return headers
 
 
-# A header the email package writes back exactly as given: a bare address, bracketed
-# ids or URIs, a date; printable ASCII, no quotes, comments or groups, on one line.
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~<>@:;,\-]+(?: [A-Za-z0-9.:+<>@\-]+)*")
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_PLAIN_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>")  # printable ASCII but < and >
+_PLAIN_URIS = re.compile(
+    r"<[\x21-\x2b\x2d-\x3b\x3d\x3f-\x7e]+>(?:, ?<[\x21-\x2b\x2d-\x3b\x3d\x3f-\x7e]+>)*"
+)
+_LONGEST_LINE = 900  # RFC 5322 allows 998 characters on a line
 
 
 def _plain_header(name: str, value: str) -> bool:
-    if len(name) + 2 + len(value) > 76 or not _PLAIN_VALUE.fullmatch(value):
+    """Whether `name: value` is a line to write as it is."""
+    if len(name) + 2 + len(value) > _LONGEST_LINE:
         return False
-    if name in ("To", "Reply-To"):
+    if name in ("To", "Reply-To"):  # one bare address: nothing to quote or fold
         return _PLAIN_ADDRESS.fullmatch(value) is not None
-    return True
+    if name in ("Message-ID", "In-Reply-To"):
+        return _PLAIN_ID.fullmatch(value) is not None
+    if name == "List-Unsubscribe":
+        # Written whole even when long: the email package would fold a long one into
+        # encoded words, which no mail client reads as a link (RFC 2369).
+        return _PLAIN_URIS.fullmatch(value) is not None
+    return len(name) + 2 + len(value) <= 78 and value.isascii() and value.isprintable()
+
+
+def _header_line(name: str, value: str, policy: EmailPolicy[EmailMessage]) -> bytes:
+    if _plain_header(name, value):
+        return f"{name}: {value}\r\n".encode("ascii")
+    # What `msg[name] = value` and flattening would write (ValueError as they would).
+    return policy.fold_binary(name, policy.header_factory(name, value))
 
 
 @functools.lru_cache(maxsize=64)
@@ -413,16 +415,22 @@ class _Connection:
         self.smtp: aiosmtplib.SMTP | None = None
         self.last_used = 0.0
 
-    async def send(self, msg: bytes | EmailMessage, mail_from: str, rcpt: str) -> None:
+    async def send(self, data: bytes, mail_from: str, rcpt: str) -> None:
         await self._ready()
-        assert self.smtp is not None
+        smtp = self.smtp
+        assert smtp is not None
         try:
-            if isinstance(msg, bytes) and (mail_from + rcpt).isascii():
-                await self.smtp.sendmail(mail_from, [rcpt], msg)
-            else:  # aiosmtplib works out SMTPUTF8 and 8BITMIME
-                if isinstance(msg, bytes):
-                    msg = message_from_bytes(msg, _class=EmailMessage, policy=SMTP_POLICY)
-                await self.smtp.send_message(msg, sender=mail_from, recipients=[rcpt])
+            options: list[str] = []
+            if not (mail_from + rcpt).isascii():
+                # As aiosmtplib's send_message would: SMTPUTF8 (with 8BITMIME), or refused.
+                if smtp.is_ehlo_or_helo_needed:
+                    await smtp.ehlo()
+                if not smtp.supports_extension("smtputf8"):
+                    raise aiosmtplib.SMTPNotSupported("no SMTPUTF8 for a non-ASCII address")
+                options.append("SMTPUTF8")
+                if smtp.supports_extension("8bitmime"):
+                    options.append("BODY=8BITMIME")
+            await smtp.sendmail(mail_from, [rcpt], data, mail_options=options)
         except (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPResponseException) as e:
             # aiosmtplib has sent RSET: the connection stays usable, except after a 421
             # (it closed it) or a refused login.
@@ -542,19 +550,25 @@ class MailSender:
     async def send(self, out: Outgoing) -> SendResult:
         try:
             content = content_for(out)
-            msg, provider_id = render_message(content, self._settings, delivery_id=out.delivery_id)
+            envelope = (self.envelope_sender(content), out.address.strip())
+            data, provider_id = render_message(
+                content,
+                self._settings,
+                delivery_id=out.delivery_id,
+                utf8=not "".join(envelope).isascii(),
+            )
         except (ValueError, TypeError) as e:
             log.warning(
                 "mail delivery %s: unusable content (%s)", out.delivery_id, type(e).__name__
             )
             return SendResult(SendOutcome.PERMANENT, error="invalid mail content")
-        rcpt = out.address.strip()
+        rcpt = envelope[1]
         if not _plausible_address(rcpt):
             return SendResult(SendOutcome.PERMANENT, error="invalid address", contact_dead=True)
         pool = self._get_pool()
         connection = await pool.get()
         try:
-            await connection.send(msg, self.envelope_sender(content), rcpt)
+            await connection.send(data, envelope[0], rcpt)
         except asyncio.CancelledError:
             raise
         except Exception as e:

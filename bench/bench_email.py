@@ -30,8 +30,8 @@ thread's CPU by library and by function.
 a `mail_content` JSON body with Reply-To token, From display name, Auto-Submitted) through
 `adapters.mail_out.MailSender` with one pooled connection, into a `FakeSmtp` running in a
 separate process, one caller at a time (`--concurrent` adds 32 callers sharing the pool, as
-the outbox calls it). Baseline: aiosmtplib's `send_message` over one connection of the very
-messages `build_message` makes (built before the clock starts), i.e. the same bytes
+the outbox calls it). Baseline: aiosmtplib's `sendmail` over one connection of the very
+bytes `render_message` makes (rendered before the clock starts), i.e. the same bytes
 without our code in the timed loop.
 
 The server under test (the listener or the sender) is pinned to CPU 0 and the other side
@@ -79,7 +79,7 @@ from sqlalchemy import func, select  # noqa: E402
 from adapters.fakes.smtp import FakeSmtp  # noqa: E402
 from adapters.mail_filters import Envelope as MailEnvelope  # noqa: E402
 from adapters.mail_in import analyse  # noqa: E402
-from adapters.mail_out import MailSender, build_message, content_for  # noqa: E402
+from adapters.mail_out import MailSender, content_for, render_message  # noqa: E402
 from bridge.config import parse_config  # noqa: E402
 from bridge.domain import Channel, Outgoing, mail_content  # noqa: E402
 from bridge.store import tables as t  # noqa: E402
@@ -470,20 +470,20 @@ async def outbound(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         build_cpu0 = cpu_seconds()
         for out in outs:
             content = content_for(out)
-            msg = build_message(content, settings, delivery_id=out.delivery_id)
-            messages.append((msg, content.reply_to or FROM_ADDRESS, out.address))
+            data, _ = render_message(content, settings, delivery_id=out.delivery_id)
+            messages.append((data, content.reply_to or FROM_ADDRESS, out.address))
         results["build"] = {"cpu": cpu_seconds() - build_cpu0, "sent": len(messages)}
 
         # The baseline: one connection, opened and warmed before the clock starts.
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, local_hostname="example.kommune.no")
         await smtp.connect()
-        for msg, mail_from, rcpt in messages[:20]:
-            await smtp.send_message(msg, sender=mail_from, recipients=[rcpt])
+        for data, mail_from, rcpt in messages[:20]:
+            await smtp.sendmail(mail_from, [rcpt], data)
 
         async def baseline_loop() -> int:
             ok = 0
-            for msg, mail_from, rcpt in messages:
-                errors, _ = await smtp.send_message(msg, sender=mail_from, recipients=[rcpt])
+            for data, mail_from, rcpt in messages:
+                errors, _ = await smtp.sendmail(mail_from, [rcpt], data)
                 ok += not errors
             return ok
 
@@ -656,7 +656,7 @@ def print_outbound(results: dict[str, dict[str, Any]], m: int) -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     base_rate = base["sent"] / base["seconds"]
     for key, label in (
-        ("baseline", "aiosmtplib `send_message`, prebuilt messages (baseline)"),
+        ("baseline", "aiosmtplib `sendmail`, prerendered messages (baseline)"),
         ("mailsender", "`MailSender.send`, one caller at a time"),
         ("mailsender_32", "`MailSender.send`, 32 concurrent callers, pool of 1"),
     ):
@@ -669,7 +669,7 @@ def print_outbound(results: dict[str, dict[str, Any]], m: int) -> None:
             f"| {ms(r['sink_cpu'], r['received'])} | {r['sent']} / {r['received']} |"
         )
     b = results["build"]
-    print(f"`build_message` + `content_for` alone: {ms(b['cpu'], b['sent'])} CPU per mail")
+    print(f"`render_message` + `content_for` alone: {ms(b['cpu'], b['sent'])} CPU per mail")
 
 
 async def amain(args: argparse.Namespace) -> None:
