@@ -257,7 +257,7 @@ class TwilioWebhooks:
             except Exception as e:
                 log.warning("sms status %s not stored: %s", update.provider_id, type(e).__name__)
                 return _unavailable()
-            log.info("sms status %s -> %s", update.provider_id, update.status)
+            log.debug("sms status %s -> %s", update.provider_id, update.status)
         return web.Response(text=TWIML_EMPTY, content_type="text/xml", charset="utf-8")
 
     async def _verified_form(self, request: web.Request) -> MultiDict[str] | web.Response:

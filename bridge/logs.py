@@ -13,7 +13,10 @@ import sys
 
 import structlog
 
-QUIET = {"twilio": logging.WARNING, "aiosqlite": logging.INFO}
+# aiohttp's access log is held back too: every provider callback would be a line (three
+# per SMS), each accepted event is logged by its adapter with its id, and /metrics
+# counts the requests.
+QUIET = {"twilio": logging.WARNING, "aiosqlite": logging.INFO, "aiohttp.access": logging.WARNING}
 
 
 def configure(level: int = logging.INFO) -> None:
