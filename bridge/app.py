@@ -90,7 +90,9 @@ class Bridge:
 
             self.senders["webhook"] = WebhookSender(settings)
         self.callback_answers: set[asyncio.Task[Any]] = set()
-        self.outbox = outbox.OutboxWorker(self.engine, settings, self.senders)
+        self.outbox = outbox.OutboxWorker(
+            self.engine, settings, self.senders, inbox_behind=self.inbox.behind
+        )
         add_api(self.app, self.engine, settings, on_outbound=self.outbox.wake.set)
 
     async def accept(self, event: InboundEvent) -> Accepted:

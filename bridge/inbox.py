@@ -121,6 +121,12 @@ class InboxWorker:
         self.batch_seconds = batch_seconds
         self.intake_waiting = intake_waiting
         self.wake = asyncio.Event()
+        self._behind = False  # the last look found pending events
+
+    def behind(self) -> bool:
+        """Whether inbound events wait: since the last look found some, until one finds
+        none (the outbox gives way meanwhile)."""
+        return self._behind or self.wake.is_set()
 
     async def run_once(self, limit: int = 100) -> int:
         """Process up to `limit` pending events, each tried once; returns how many."""
@@ -133,6 +139,7 @@ class InboxWorker:
                     )
                 ).scalars()
             )
+        self._behind = bool(ids)
         done = 0
         while done < len(ids):
             done += await self._batch(ids[done : done + self.batch_events])

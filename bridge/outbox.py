@@ -7,7 +7,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -114,6 +114,7 @@ PRIORITY_ORDER = {"urgent": 0, "normal": 1, "bulk": 2}
 # Status moves forward only; failed and dead are terminal (SPEC section 8).
 RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3}
 TERMINAL = ("delivered", "failed", "dead", "skipped")
+GIVE_WAY_PER_SECOND = 100  # announcements and digests, while inbound events wait
 WEBHOOK_PER_SECOND = 20  # the school's own system: no provider limit, but be gentle
 # The one reply an unknown number gets: its address is forgotten once the send is over,
 # as the stranger's event keeps only a hash of the number (SPEC section 8).
@@ -323,10 +324,16 @@ class OutboxWorker:
         breaker_failures: int | None = None,
         breaker_cool_down: float | None = None,
         breaker_cool_down_max: float | None = None,
+        inbox_behind: Callable[[], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.senders = senders
+        # While parents' messages wait to be processed, announcements and digests go at
+        # GIVE_WAY_PER_SECOND in all: a storm must not take the process from the inbox
+        # for minutes, with the parents' confirmations and the staff's notices behind it.
+        self.inbox_behind = inbox_behind
+        self.give_way = RateLimit(GIVE_WAY_PER_SECOND)
         self.batch = batch
         self.concurrency = concurrency
         self.owner = new_id("worker")
@@ -545,6 +552,8 @@ class OutboxWorker:
     async def _send(self, row: dict[str, Any]) -> SendResult | None:
         """One provider call, if our lease still holds; None when it does not."""
         await self.limits[row["channel"]].take()
+        if row["kind"] in UNSOLICITED and self.inbox_behind is not None and self.inbox_behind():
+            await self.give_way.take()
         if datetime.now(UTC) > row["lease_until"] - SEND_MARGIN and not await self._extend(row):
             return None  # the lease ran out: another worker may own the delivery now
         out = Outgoing(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from bridge.announcements import AnnouncementError, create_announcement, summary
 from bridge.config import EmailSettings, Settings
 from bridge.digests import HELD
 from bridge.domain import Channel, StatusUpdate
-from bridge.outbox import record_statuses
+from bridge.outbox import RateLimit, record_statuses
 from bridge.routing import load_routes, quiet_until
 from bridge.store import tables as t
 from tests.cli import skolebro, write_config
@@ -239,6 +240,28 @@ async def test_a_failure_in_a_group_falls_back_and_the_rest_still_moves(world: W
     assert failed["status"] == "failed" and failed["last_error"] == "30005: x"
     assert status["gd-1", "email"]["fallback_of"] == failed["id"]
     assert status["gd-0", "sms"]["status"] == "delivered"
+
+
+async def test_announcements_give_way_while_parents_texts_wait(world: World) -> None:
+    outbox = world.bridge.outbox
+    outbox.give_way = RateLimit(2)  # two at once, then two a second
+    behind = [True]
+    outbox.inbox_behind = lambda: behind[0]
+    students = [f"s-{i}" for i in (0, 1, 4, 5, 8, 9, 12, 13)]  # SMS first
+    started = time.monotonic()
+    announcement_id = await world.announce(student_ids=students, text="Storm")
+    await world.text(mobile(20), "HJELP")  # gd-20, not among them: the answer is a reply
+    await eventually(lambda: world.replies_to(mobile(20)), within=5)
+    answered = time.monotonic() - started
+    await eventually(lambda: _delivered(world, announcement_id, len(students)), within=15)
+    assert answered < 2.0 < time.monotonic() - started  # 6 after the first 2, at 2/s
+
+    behind[0] = False  # nothing waits: announcements go at the channel's own pace
+    outbox.give_way = RateLimit(0.001)
+    started = time.monotonic()
+    again = await world.announce(student_ids=students, text="Storm over")
+    await eventually(lambda: _delivered(world, again, len(students)), within=5)
+    assert time.monotonic() - started < 2.0
 
 
 async def test_failed_callback_after_sent_falls_back(world: World) -> None:
