@@ -232,8 +232,7 @@ def render_message(
 
     ValueError when the content cannot make a valid message (a bad address, a header).
     """
-    headers = _recipient_headers(content, settings, delivery_id, now)
-    message_id = message_ids(dict(headers)["Message-ID"])[0]
+    headers, message_id = _recipient_headers(content, settings, delivery_id, now)
     shared = _shared_part(
         content.from_display,
         content.subject,
@@ -250,8 +249,9 @@ def render_message(
 
 def _recipient_headers(
     content: MailContent, settings: Settings, delivery_id: str | None, now: datetime | None
-) -> list[tuple[str, str]]:
-    """The headers that differ from one recipient (or one send) to the next."""
+) -> tuple[list[tuple[str, str]], str]:
+    """The headers that differ from one recipient (or one send) to the next, and the
+    Message-ID among them (without brackets)."""
     headers = [
         ("To", clean_line(content.to)),
         ("Date", format_datetime((now or datetime.now(UTC)).astimezone(settings.tz))),
@@ -273,7 +273,7 @@ def _recipient_headers(
         headers.append(("List-Unsubscribe", value))
         if "<https:" in value.lower():  # RFC 8058 one-click needs an HTTPS URI
             headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-    return headers
+    return headers, mid
 
 
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
@@ -550,25 +550,24 @@ class MailSender:
     async def send(self, out: Outgoing) -> SendResult:
         try:
             content = content_for(out)
-            envelope = (self.envelope_sender(content), out.address.strip())
+            mail_from, rcpt = self.envelope_sender(content), out.address.strip()
             data, provider_id = render_message(
                 content,
                 self._settings,
                 delivery_id=out.delivery_id,
-                utf8=not "".join(envelope).isascii(),
+                utf8=not (mail_from + rcpt).isascii(),
             )
         except (ValueError, TypeError) as e:
             log.warning(
                 "mail delivery %s: unusable content (%s)", out.delivery_id, type(e).__name__
             )
             return SendResult(SendOutcome.PERMANENT, error="invalid mail content")
-        rcpt = envelope[1]
         if not _plausible_address(rcpt):
             return SendResult(SendOutcome.PERMANENT, error="invalid address", contact_dead=True)
         pool = self._get_pool()
         connection = await pool.get()
         try:
-            await connection.send(data, envelope[0], rcpt)
+            await connection.send(data, mail_from, rcpt)
         except asyncio.CancelledError:
             raise
         except Exception as e:

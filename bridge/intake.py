@@ -123,7 +123,6 @@ class Intake(GroupCommit[InboundEvent, Accepted]):
             splittable=_row_level,
             unavailable=StoreUnavailable,
         )
-        self.engine = engine
 
     async def accept(self, event: InboundEvent) -> Accepted:
         """Commit `event` (with whatever else is waiting); StoreUnavailable if we can't.
@@ -131,7 +130,3 @@ class Intake(GroupCommit[InboundEvent, Accepted]):
         A cancelled caller (a timeout) does not cancel the group; its event may be stored
         all the same, and the provider's retry is then a repeat."""
         return await self.submit(event)
-
-    @property
-    def events(self) -> int:
-        return self.items

@@ -17,7 +17,7 @@ from adapters.fakes.twilio import FakeTwilio
 from bridge.store import tables as t
 from bridge.store.db import create_engine
 from tests.cli import skolebro, start_bridge, write_config
-from tests.world import ACCOUNT, SCHOOL_NUMBER, TOKEN, eventually, free_port, write_roster
+from tests.world import ACCOUNT, TOKEN, eventually, free_port, sms_toml, write_roster
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +33,7 @@ def _config(
         f"""public_url = "http://127.0.0.1:{port}"
 [http]
 port = {port}
-[sms]
-enabled = true
-account_sid = "{ACCOUNT}"
-auth_token_env = "FANOUT_TWILIO_TOKEN"
-from_number = "{SCHOOL_NUMBER}"
-api_base_url = "{twilio.base_url}"
-max_per_second = {rate}
-[delivery]
+{sms_toml(twilio.base_url, "FANOUT_TWILIO_TOKEN", rate)}[delivery]
 quiet_hours = ""
 lease_seconds = 120
 backoff_initial_seconds = 0.1

@@ -67,7 +67,7 @@ async def test_many_concurrent_accepts_land_in_few_transactions(engine: AsyncEng
 async def test_a_group_is_capped(engine: AsyncEngine) -> None:
     intake = Intake(engine, max_group=40)
     await asyncio.gather(*(intake.accept(_event(f"SMcap{i}")) for i in range(100)))
-    assert intake.groups == 3 and intake.events == 100
+    assert intake.groups == 3 and intake.items == 100
     await intake.close()
 
 

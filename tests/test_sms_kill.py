@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,17 +17,11 @@ from bridge.store import tables as t
 from bridge.store.db import create_engine
 from tests.cli import skolebro, start_bridge, write_config
 from tests.conftest import EXAMPLE_ROSTER
+from tests.world import ACCOUNT, free_port, sms_toml
 
-ACCOUNT = "AC" + "fedcba9876543210" * 2
 TOKEN = "kill-test-token"
 AMINA = "+4793456789"  # one child, so each message goes straight to a thread
 COUNT = 200
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(cfg: Path, port: int) -> subprocess.Popen[bytes]:
@@ -39,7 +32,7 @@ def _start(cfg: Path, port: int) -> subprocess.Popen[bytes]:
 async def test_sigkill_during_inbound_loses_and_duplicates_nothing(
     tmp_path: Path, database_url: str
 ) -> None:
-    port = _free_port()
+    port = free_port()
     public = f"http://127.0.0.1:{port}"
     url = f"{public}/webhooks/twilio/sms"
     async with FakeTwilio(ACCOUNT, TOKEN, webhook_url=url) as twilio:
@@ -49,14 +42,7 @@ async def test_sigkill_during_inbound_loses_and_duplicates_nothing(
             f"""public_url = "{public}"
 [http]
 port = {port}
-[sms]
-enabled = true
-account_sid = "{ACCOUNT}"
-auth_token_env = "KILL_TWILIO_TOKEN"
-from_number = "+4759440000"
-api_base_url = "{twilio.base_url}"
-max_per_second = 200
-""",
+{sms_toml(twilio.base_url, "KILL_TWILIO_TOKEN", 200)}""",
         )
         assert skolebro("import-roster", str(EXAMPLE_ROSTER), "--config", str(cfg)).returncode == 0
         forms = [

@@ -34,6 +34,35 @@ ROSTER_HEADER = [
 ]  # fmt: skip
 
 
+def sms_toml(twilio_url: str, token_env: str, max_per_second: int) -> str:
+    """A test config's [sms] section: the Twilio fake at `twilio_url`."""
+    return f"""[sms]
+enabled = true
+account_sid = "{ACCOUNT}"
+auth_token_env = "{token_env}"
+from_number = "{SCHOOL_NUMBER}"
+api_base_url = "{twilio_url}"
+max_per_second = {max_per_second}
+"""
+
+
+def email_toml(
+    smtp_port: int, listen_port: int, reply_domain: str = "svar.example.kommune.no"
+) -> str:
+    """A test config's [email] section: the SMTP fake on `smtp_port`, our listener on
+    `listen_port`."""
+    return f"""[email]
+enabled = true
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+smtp_tls = "none"
+from_address = "skolebro@example.kommune.no"
+reply_domain = "{reply_domain}"
+listen_host = "127.0.0.1"
+listen_port = {listen_port}
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,18 +144,7 @@ max_per_second = 200
 """
     if smtp is not None:
         await smtp.start()
-        extra_toml += f"""
-[email]
-enabled = true
-smtp_host = "127.0.0.1"
-smtp_port = {smtp.port}
-smtp_tls = "none"
-from_address = "skolebro@example.kommune.no"
-reply_domain = "svar.example.kommune.no"
-listen_host = "127.0.0.1"
-listen_port = {free_port()}
-max_message_bytes = 200000
-"""
+        extra_toml += "\n" + email_toml(smtp.port, free_port()) + "max_message_bytes = 200000\n"
     public = f"http://127.0.0.1:{port}"
     twilio = FakeTwilio(ACCOUNT, TOKEN, webhook_url=f"{public}/webhooks/twilio/sms#rc=3&rp=all")
     await twilio.start()
@@ -139,14 +157,7 @@ public_url = "{public}"
 database_url = "{database_url}"
 [http]
 port = {port}
-[sms]
-enabled = true
-account_sid = "{ACCOUNT}"
-auth_token_env = "{token_env}"
-from_number = "{SCHOOL_NUMBER}"
-api_base_url = "{twilio.base_url}"
-max_per_second = 500
-[delivery]
+{sms_toml(twilio.base_url, token_env, 500)}[delivery]
 backoff_initial_seconds = 0.05
 backoff_max_seconds = 1
 quiet_hours = ""

@@ -36,8 +36,10 @@ from tests.world import (
     ROSTER_HEADER,
     SCHOOL_NUMBER,
     TOKEN,
+    email_toml,
     eventually,
     free_port,
+    sms_toml,
     write_roster,
 )
 
@@ -73,22 +75,8 @@ def config(tmp_path: Path, database_url: str, port: int, listen: int, fakes: tup
         f"""public_url = "http://127.0.0.1:{port}"
 [http]
 port = {port}
-[sms]
-enabled = true
-account_sid = "{ACCOUNT}"
-auth_token_env = "KILL_TWILIO_TOKEN"
-from_number = "{SCHOOL_NUMBER}"
-api_base_url = "{twilio.base_url}"
-max_per_second = 200
-[email]
-enabled = true
-smtp_host = "127.0.0.1"
-smtp_port = {smtp.port}
-smtp_tls = "none"
-from_address = "skolebro@example.kommune.no"
-reply_domain = "{REPLY_DOMAIN}"
-listen_host = "127.0.0.1"
-listen_port = {listen}
+{sms_toml(twilio.base_url, "KILL_TWILIO_TOKEN", 200)}
+{email_toml(smtp.port, listen, REPLY_DOMAIN)}
 [telegram]
 enabled = true
 token_env = "KILL_BOT_TOKEN"
